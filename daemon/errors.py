@@ -1,0 +1,51 @@
+"""Exceptions that cross module boundaries.
+
+A stage or destination tells the host what went wrong with these, so the host can tell
+"quarantine this object, with this reason" apart from "a bug happened". Reasons end up in
+logs, metrics labels and the quarantine record: they must never contain patient data.
+"""
+
+from __future__ import annotations
+
+
+class PacsguardError(Exception):
+    """Base class for pacsguard's own errors."""
+
+
+class QuarantineError(PacsguardError):
+    """Raised by a stage: this object cannot be processed; quarantine it with ``reason``.
+
+    Use it for expected, object-specific problems (unsupported pixel format, attribute
+    missing, payload too large for the image). Any other exception from a stage is
+    treated as a bug: the object is quarantined too, and the traceback is logged.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeliveryError(PacsguardError):
+    """Raised by a destination when an object could not be delivered.
+
+    ``permanent=True`` means retrying cannot help (the peer refuses this object for good):
+    the delivery is quarantined at once. Otherwise it is retried with backoff.
+    """
+
+    def __init__(self, reason: str, *, permanent: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class ConfigError(PacsguardError):
+    """The configuration is invalid. ``errors`` holds every problem, each with its place."""
+
+    def __init__(self, errors: list[str], source: str = "config"):
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(f"{source}: {len(self.errors)} error(s)\n" + "\n".join(self.errors))
+
+
+class PluginError(PacsguardError):
+    """A plugin is broken: duplicate names, bad contributions, misspelt hooks."""

@@ -1,0 +1,115 @@
+"""Base classes for what plugins contribute: stages, destinations and sources.
+
+Each contribution declares a ``name`` (its YAML key or ``type:``) and an ``Options``
+pydantic model; unknown option keys are errors. Optional heavy dependencies are listed in
+``dependencies`` (import name -> pip requirement) and imported lazily inside the class's
+methods, so a missing package fails at config check, never at import of the daemon.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from .item import Item, TransportFacts
+
+
+class Options(BaseModel):
+    """Base for every contribution's options: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Contribution:
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = Options
+    #: import name -> pip requirement, for optional heavy dependencies
+    dependencies: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def missing_dependencies(cls) -> list[str]:
+        """The pip requirements to install before this contribution can run."""
+        return [req for mod, req in cls.dependencies.items() if importlib.util.find_spec(mod) is None]
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+class Stage(_Contribution):
+    """A pipeline stage. Subclasses set ``name``, ``Options`` and implement ``process``.
+
+    ``process`` runs in worker threads and may be called concurrently: keep per-object
+    state on the item, not on the stage. Raise :class:`QuarantineError` for a problem with
+    the object; any other exception is treated as a bug (the object is quarantined too).
+    """
+
+    #: the stage that undoes this one (encrypt -> decrypt), if any
+    inverse: ClassVar[str | None] = None
+    #: set True when ``process_batch`` is worth calling with several objects of the same
+    #: geometry (GPU stages); the host then groups items by :meth:`Item.geometry`.
+    batching: ClassVar[bool] = False
+
+    def __init__(self, options: Options):
+        self.options = options
+
+    def process(self, item: "Item") -> "Item":
+        raise NotImplementedError
+
+    def process_batch(self, items: list["Item"]) -> list["Item"]:
+        return [self.process(item) for item in items]
+
+    def close(self) -> None:
+        """Release resources (models, GPU memory) when the config is replaced."""
+
+
+class Destination(_Contribution):
+    """Where protected objects go. One instance per configured destination.
+
+    ``send`` is called from the destination's own worker thread(s) and raises
+    :class:`DeliveryError` on failure (``permanent=True`` when retrying cannot help).
+    """
+
+    def __init__(self, name: str, options: Options):
+        self.destination_name = name
+        self.options = options
+
+    def send(self, path: Path, header: "Dataset") -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (called on reload and shutdown)."""
+
+
+class Source(_Contribution):
+    """Where objects come from. ``start`` begins intake, ``stop`` ends it.
+
+    A source hands every object to ``intake`` (see :class:`pacsguard.daemon.spool.Intake`),
+    which makes it durable before the source acknowledges it to the sender.
+    """
+
+    #: True when the source moves files into the spool (the original is gone once
+    #: moved): an orphan file found in the spool after a crash is adopted, not dropped.
+    moves_files: ClassVar[bool] = False
+
+    def __init__(self, name: str, options: Options, intake: Any):
+        self.source_name = name
+        self.options = options
+        self.intake = intake
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def facts(self, **kw: Any) -> "TransportFacts":
+        from .item import TransportFacts
+
+        return TransportFacts(source=self.source_name, source_type=self.name, **kw)

@@ -1,0 +1,178 @@
+"""What a stage receives: one object in flight, with lazy parsing.
+
+The dataset is parsed once, on first use; pixel data is decoded only when a stage asks,
+through one decoding path (the ``pacsguard_decode_pixels`` hook) that a GPU decoder can
+replace. Stages leave results for later stages in ``results`` without touching the DICOM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from .errors import QuarantineError
+
+# Facts about how an object arrived, usable in route `match:` blocks.
+TRANSPORT_FACTS = ("source", "source_type", "calling_ae", "called_ae", "calling_host")
+
+
+@dataclass(frozen=True)
+class TransportFacts:
+    """How an object reached pacsguard. Contains no patient data."""
+
+    source: str
+    source_type: str
+    calling_ae: str | None = None
+    called_ae: str | None = None
+    calling_host: str | None = None
+    received_at: float = field(default_factory=time.time)
+
+    def get(self, name: str) -> str | None:
+        return getattr(self, name) if name in TRANSPORT_FACTS else None
+
+
+def uid_hash(uid: str | None) -> str | None:
+    """A short, stable, non-reversible tag for a UID, for logs (never log the UID)."""
+    if not uid:
+        return None
+    return hashlib.sha256(str(uid).encode()).hexdigest()[:16]
+
+
+class Item:
+    """One DICOM object moving through a route's pipeline."""
+
+    def __init__(
+        self,
+        job_id: int,
+        path: Path,
+        facts: TransportFacts,
+        *,
+        keys: Mapping[str, Any] | None = None,
+        decode_pixels=None,
+    ):
+        self.job_id = job_id
+        self.path = Path(path)
+        self.facts = facts
+        #: Results one stage leaves for later ones, keyed by the producing stage's name
+        #: (e.g. ``results["deidentify"]`` with the original values).
+        self.results: dict[str, Any] = {}
+        #: Key material, read-only.
+        self.keys: Mapping[str, Any] = MappingProxyType(dict(keys or {}))
+        self._decode_pixels = decode_pixels
+        self._header: Dataset | None = None
+        self._dataset: Dataset | None = None
+        self._modified = False
+
+    # -- parsing ---------------------------------------------------------------------
+    @property
+    def header(self) -> Dataset:
+        """The dataset without pixel data: for reading attributes (routing, templates)."""
+        if self._dataset is not None:
+            return self._dataset
+        if self._header is None:
+            self._header = read_header(self.path)
+        return self._header
+
+    @property
+    def dataset(self) -> Dataset:
+        """The full dataset. Taking it means the stage may change it: it is written out."""
+        if self._dataset is None:
+            self._dataset = read_dataset(self.path)
+            self._header = None
+        self._modified = True
+        return self._dataset
+
+    @property
+    def modified(self) -> bool:
+        return self._modified
+
+    def pixels(self):
+        """Decoded pixel data (a numpy array), through the configured decoding path."""
+        if self._decode_pixels is None:
+            return self.dataset.pixel_array
+        return self._decode_pixels(item=self)
+
+    def geometry(self) -> tuple:
+        """(rows, columns, samples, bits allocated, frames): the batching key."""
+        h = self.header
+        return (
+            h.get("Rows"),
+            h.get("Columns"),
+            h.get("SamplesPerPixel", 1),
+            h.get("BitsAllocated"),
+            int(h.get("NumberOfFrames", 1) or 1),
+        )
+
+    @property
+    def sop_uid_hash(self) -> str | None:
+        return uid_hash(self.header.get("SOPInstanceUID"))
+
+    def write(self, dest: Path) -> int:
+        """Write the (modified) dataset to ``dest`` durably; return its size."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        ds = self.dataset
+        with open(tmp, "wb") as fh:
+            ds.save_as(fh, enforce_file_format=bool(getattr(ds, "file_meta", None)))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+        return dest.stat().st_size
+
+
+def read_header(path: Path) -> Dataset:
+    """Parse the whole structure, leaving large values (pixel data) unread in the file."""
+    try:
+        return pydicom.dcmread(path, defer_size=DEFER_SIZE)
+    except Exception as exc:  # pydicom raises many types; translate to a clean reason
+        raise QuarantineError(_parse_reason(path, exc)) from exc
+
+
+def read_dataset(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except Exception as exc:
+        raise QuarantineError(_parse_reason(path, exc)) from exc
+
+
+DEFER_SIZE = 8192
+_UNDEFINED = 0xFFFFFFFF
+
+
+def _parse_reason(path: Path, exc: Exception) -> str:
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return "object file missing from the spool"
+    if size == 0:
+        return "empty file (0 bytes)"
+    if isinstance(exc, pydicom.errors.InvalidDicomError):
+        return "not a DICOM file (no DICM prefix and no readable dataset)"
+    if isinstance(exc, EOFError):
+        return "truncated DICOM file (ends inside an element)"
+    return f"unreadable DICOM file ({type(exc).__name__})"
+
+
+def check_integrity(path: Path, header: Dataset) -> None:
+    """Refuse objects that parse but are damaged: truncated values, no SOP UIDs."""
+    if not header.get("SOPInstanceUID") or not header.get("SOPClassUID"):
+        raise QuarantineError("not a DICOM composite object (no SOP Class/Instance UID)")
+    size = os.path.getsize(path)
+    for tag in list(header.keys()):
+        raw = header.get_item(tag, keep_deferred=True)
+        tell = getattr(raw, "value_tell", None)
+        length = getattr(raw, "length", None)
+        if getattr(raw, "value", b"") is None and tell is not None and length not in (None, _UNDEFINED):
+            if tell + length > size:
+                have = max(size - tell, 0)
+                raise QuarantineError(
+                    f"truncated DICOM file: element {tag} has {have} of {length} bytes"
+                )

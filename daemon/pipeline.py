@@ -1,0 +1,266 @@
+"""Processing: parse, route and run each matched route's stages, then queue deliveries.
+
+Workers take jobs in small batches. Stages that want batches (``batching = True``) get
+the items of one route with the same geometry together; a batch that fails is retried
+item by item, so one bad object cannot take its neighbours to quarantine.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import structlog
+
+from .errors import QuarantineError
+from .item import Item, check_integrity, read_header
+from .router import Route, select_routes
+from .spool import Job, Spool
+
+log = structlog.get_logger("pacsguard.pipeline")
+
+
+@dataclass
+class Runtime:
+    """Everything built from one config: swapped atomically on reload."""
+
+    routes: list[Route]
+    destinations: dict = field(default_factory=dict)  # name -> (Destination, DestinationSpec)
+    generation: int = 0
+
+
+def bug_summary(exc: BaseException) -> str:
+    """Type and innermost location of an unexpected exception (no message: it may hold PHI)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}{where}"
+
+
+class _Work:
+    """One job on its way through one route."""
+
+    __slots__ = ("job", "route", "item", "failed")
+
+    def __init__(self, job: Job, route: Route, item: Item):
+        self.job, self.route, self.item = job, route, item
+        self.failed: tuple[str, str] | None = None  # (reason, place)
+
+
+class Processor:
+    """A pool of worker threads that turn received jobs into pending deliveries."""
+
+    def __init__(self, spool: Spool, hook, get_runtime: Callable[[], Runtime], *,
+                 workers: int = 2, batch_size: int = 8, on_routed: Callable[[set], None] = lambda d: None):
+        self.spool = spool
+        self.hook = hook
+        self.get_runtime = get_runtime
+        self.batch_size = batch_size
+        self.on_routed = on_routed
+        self._queue: "queue.Queue[int]" = queue.Queue()
+        self._queued: set[int] = set()
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._run, name=f"worker-{i}", daemon=True)
+                         for i in range(workers)]
+
+    # -- control -------------------------------------------------------------------------
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job_id: int) -> None:
+        with self._lock:
+            if job_id in self._queued:
+                return
+            self._queued.add(job_id)
+        self._queue.put(job_id)
+
+    def requeue_received(self) -> int:
+        """Queue every job in state 'received' (at start, and for retries from the CLI)."""
+        n = 0
+        for job_id in self.spool.received_jobs():
+            with self._lock:
+                known = job_id in self._queued
+            if not known:
+                self.submit(job_id)
+                n += 1
+        return n
+
+    @property
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._queued)
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads) or self._stopping.is_set()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop taking work; wait up to ``timeout`` for in-flight batches. True if idle."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    # -- work ----------------------------------------------------------------------------
+    def _take_batch(self) -> list[int]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            batch = self._take_batch()
+            if not batch:
+                continue
+            if self._stopping.is_set():
+                return  # left 'received' in the spool: re-queued at next start
+            try:
+                self.process(batch)
+            except Exception as exc:  # never let a worker die: the jobs stay 'received'
+                log.error("worker error; jobs stay queued in the spool", error=bug_summary(exc),
+                          jobs=batch)
+                time.sleep(1)
+            finally:
+                with self._lock:
+                    self._queued.difference_update(batch)
+
+    def process(self, job_ids: list[int]) -> None:
+        runtime = self.get_runtime()
+        works: list[_Work] = []
+        items: dict[int, Item] = {}
+        for job_id in job_ids:
+            job = self.spool.get_job(job_id)
+            if job is None or job.state != "received":
+                continue
+            try:
+                header = read_header(job.path)
+                check_integrity(job.path, header)
+            except QuarantineError as exc:
+                self._quarantine(job.id, exc.reason, "parse")
+                continue
+            routes = select_routes(runtime.routes, header, job.facts)
+            if not routes:
+                self._quarantine(job.id, "no route matched", "route")
+                continue
+            self.hook.pacsguard_object_routed(job_id=job.id, routes=[r.name for r in routes])
+            for i, route in enumerate(routes):
+                item = Item(job.id, job.path, job.facts, decode_pixels=self.hook.pacsguard_decode_pixels)
+                if i == 0:
+                    item._header = header  # parsed once; later routes re-read their own copy
+                works.append(_Work(job, route, item))
+            items[job.id] = works[-1].item
+
+        self._run_stages(works)
+        self._finish(works)
+
+    def _run_stages(self, works: list[_Work]) -> None:
+        by_route: dict[str, list[_Work]] = {}
+        for w in works:
+            by_route.setdefault(w.route.name, []).append(w)
+        for group in by_route.values():
+            route = group[0].route
+            for stage in route.stages:
+                live = [w for w in group if w.failed is None]
+                if not live:
+                    break
+                if stage.batching and len(live) > 1:
+                    by_geometry: dict[tuple, list[_Work]] = {}
+                    for w in live:
+                        try:
+                            key = w.item.geometry()
+                        except QuarantineError as exc:
+                            w.failed = (exc.reason, f"stage:{stage.name}")
+                            continue
+                        by_geometry.setdefault(key, []).append(w)
+                    for batch in by_geometry.values():
+                        self._run_batch(stage, route, batch)
+                else:
+                    for w in live:
+                        self._run_one(stage, route, w)
+
+    def _run_batch(self, stage, route: Route, batch: list[_Work]) -> None:
+        t0 = time.perf_counter()
+        try:
+            results = stage.process_batch([w.item for w in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"process_batch returned {len(results)} items for {len(batch)}")
+        except Exception:
+            for w in batch:  # isolate the culprit
+                self._run_one(stage, route, w)
+            return
+        per = (time.perf_counter() - t0) / len(batch)
+        for w, item in zip(batch, results):
+            w.item = item
+            self.hook.pacsguard_stage_finished(job_id=w.job.id, route=route.name, stage=stage.name,
+                                               seconds=per, outcome="ok")
+
+    def _run_one(self, stage, route: Route, w: _Work) -> None:
+        t0 = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = stage.process(w.item)
+            if result is not None:
+                w.item = result
+        except QuarantineError as exc:
+            outcome = "quarantined"
+            w.failed = (f"stage {stage.name}: {exc.reason}", f"stage:{stage.name}")
+        except Exception as exc:
+            outcome = "error"
+            summary = bug_summary(exc)
+            log.error("stage raised an unexpected error", job=w.job.id, route=route.name,
+                      stage=stage.name, error=summary,
+                      stack=traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+            w.failed = (f"stage {stage.name} failed unexpectedly ({summary})", f"stage:{stage.name}")
+        self.hook.pacsguard_stage_finished(job_id=w.job.id, route=route.name, stage=stage.name,
+                                           seconds=time.perf_counter() - t0, outcome=outcome)
+
+    def _finish(self, works: list[_Work]) -> None:
+        by_job: dict[int, list[_Work]] = {}
+        for w in works:
+            by_job.setdefault(w.job.id, []).append(w)
+        destinations: set[str] = set()
+        for job_id, ws in by_job.items():
+            failed = next((w.failed for w in ws if w.failed), None)
+            if failed:
+                self._quarantine(job_id, *failed)
+                continue
+            deliveries, extra = [], 0
+            try:
+                for w in ws:
+                    path = w.job.path
+                    if w.item.modified:
+                        path = self.spool.out_path(job_id, w.route.name)
+                        extra += w.item.write(path)
+                    deliveries.extend((w.route.name, dest, path) for dest in w.route.to)
+                uid = ws[0].item.sop_uid_hash
+            except QuarantineError as exc:
+                self._quarantine(job_id, exc.reason, "write")
+                continue
+            except Exception as exc:
+                self._quarantine(job_id, f"cannot write the processed object ({bug_summary(exc)})", "write")
+                continue
+            self.spool.route_job(job_id, deliveries, uid, extra)
+            destinations.update(d for _, d, _ in deliveries)
+            log.info("object routed", job=job_id, routes=[w.route.name for w in ws],
+                     sop=uid, deliveries=len(deliveries))
+        if destinations:
+            self.on_routed(destinations)
+
+    def _quarantine(self, job_id: int, reason: str, place: str) -> None:
+        qid = self.spool.quarantine(job_id, reason, place)
+        log.warning("object quarantined", job=job_id, quarantine=qid, reason=reason, place=place)
+        self.hook.pacsguard_object_quarantined(job_id=job_id, quarantine_id=qid, reason=reason, where=place)

@@ -1,0 +1,302 @@
+"""The long-running service: sources -> spool -> processor -> delivery, plus lifecycle.
+
+Signal handlers only queue the signal; the main loop acts. SIGTERM/SIGINT: stop intake,
+let in-flight work finish up to ``shutdown_timeout``, leave the rest in the spool, exit 0.
+SIGHUP or a change of the config file: validate the new config first and swap it in
+atomically; an invalid file keeps the running config and logs every error.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from . import config as configmod
+from .errors import ConfigError
+from .logs import configure_logging, set_level
+from .metrics import Metrics, MetricsServer
+from .notify import Notifier
+from .pipeline import Processor, Runtime, bug_summary
+from .plugins import Registry, collect, get_plugin_manager
+from .router import compile_route
+from .spool import Spool, SpoolFull
+
+log = structlog.get_logger("pacsguard.service")
+
+TICK = 0.5
+
+
+def build_runtime(loaded: configmod.Loaded, registry: Registry, generation: int = 0) -> Runtime:
+    """Instantiate stages and destinations for a validated config."""
+    errors = []
+    routes = []
+    for i, rc in enumerate(loaded.config.routes):
+        stages = []
+        for j, spec in enumerate(loaded.pipelines.get(rc.name, [])):
+            try:
+                stages.append(spec.cls(spec.options))
+            except Exception as exc:
+                errors.append(f"routes[{i}].pipeline[{j}].{spec.name}: cannot start stage ({exc})")
+        routes.append(compile_route(rc, stages))
+    destinations = {}
+    for name, spec in loaded.config.destinations.items():
+        cls = registry.destinations[spec.type].cls
+        try:
+            destinations[name] = (cls(name, loaded.destination_options[name]), spec)
+        except Exception as exc:
+            errors.append(f"destinations.{name}: cannot set up destination ({exc})")
+    if errors:
+        raise ConfigError(errors, str(loaded.path or "<embedded default>"))
+    return Runtime(routes=routes, destinations=destinations, generation=generation)
+
+
+class Intake:
+    """What sources use to hand objects over. Durable before it returns a job id."""
+
+    def __init__(self, service: "Service"):
+        self._service = service
+        self.spool = service.spool
+
+    def has_room(self) -> bool:
+        return self.spool.has_room()
+
+    @property
+    def accepting(self) -> bool:
+        return not self._service.stopping
+
+    def ingest_file(self, src: Path, facts) -> int:
+        """Move a complete file into the spool; FileNotFoundError if already taken,
+        SpoolFull if over the limit."""
+        job_id = self.spool.ingest_file(Path(src), facts)
+        self._service._received(job_id, facts)
+        return job_id
+
+    def new_partial(self, facts) -> Path:
+        if not self.spool.has_room():
+            raise SpoolFull()
+        return self.spool.new_partial(facts)
+
+    def commit_partial(self, partial: Path, facts) -> int:
+        job_id = self.spool.commit_partial(Path(partial), facts)
+        self._service._received(job_id, facts)
+        return job_id
+
+
+class Service:
+    def __init__(self, config_path: Path | None = None, *, pm=None, log_stream=None):
+        self.config_path = Path(config_path) if config_path else None
+        self.pm = pm or get_plugin_manager()
+        self.registry = collect(self.pm)
+        self.log_stream = log_stream
+        self.stopping = False
+        self._signals: "queue.SimpleQueue[int]" = queue.SimpleQueue()
+        self.sources: dict[str, object] = {}
+        self._source_specs: dict[str, tuple] = {}
+        self._config_stat = None
+        self.metrics_server = None
+        self.notifier = Notifier()
+
+    # -- start-up ------------------------------------------------------------------------
+    def load(self) -> configmod.Loaded:
+        return configmod.load_config(self.config_path, self.registry)
+
+    def run(self) -> int:
+        loaded = self.load()  # raises ConfigError: the CLI prints every error, exit 1
+        cfg = loaded.config
+        configure_logging(cfg.logging.level, cfg.logging.format, self.log_stream)
+        self.loaded = loaded
+        self.runtime = build_runtime(loaded, self.registry)
+        self.spool = Spool(cfg.spool.path, cfg.spool.max_size)
+        adopt_types = {name for name, c in self.registry.sources.items() if c.cls.moves_files}
+        stats = self.spool.recover(lambda source_type: source_type in adopt_types)
+        self.intake = Intake(self)
+        self.processor = Processor(self.spool, self.pm.hook, lambda: self.runtime,
+                                   workers=cfg.processing.workers, batch_size=cfg.processing.batch_size,
+                                   on_routed=lambda dests: self.delivery.wake(dests))
+        from .delivery import DeliveryManager
+
+        self.delivery = DeliveryManager(self.spool, self.pm.hook)
+        if cfg.metrics.enabled:
+            self.metrics = Metrics(self.spool.queue_depths, lambda: self.spool.used_bytes)
+            self.pm.register(self.metrics, name="pacsguard.metrics")
+            self.metrics_server = MetricsServer(self.metrics, self.health, cfg.metrics.host, cfg.metrics.port)
+        self._install_signals()
+        self.processor.start()
+        requeued = self.processor.requeue_received()
+        self.delivery.apply(self.runtime.destinations)
+        self._apply_sources(loaded)
+        self._remember_config_stat()
+        log.info("pacsguard started", config=str(self.config_path or "<embedded default>"),
+                 spool=str(cfg.spool.path), routes=[r.name for r in self.runtime.routes],
+                 destinations=sorted(self.runtime.destinations), sources=sorted(self.sources),
+                 metrics_port=self.metrics_server.port if self.metrics_server else None,
+                 requeued=requeued, **stats)
+        self.notifier.notify(ready=1, status=self._status_line())
+        try:
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: self._signals.put(signum))
+
+    def request(self, signum: int) -> None:
+        """Queue a signal (for embedding and tests)."""
+        self._signals.put(signum)
+
+    # -- main loop ---------------------------------------------------------------------
+    def _main_loop(self) -> None:
+        watchdog = self.notifier.watchdog_interval()
+        last = {"ping": 0.0, "poll": 0.0, "clean": 0.0, "status": 0.0}
+        while True:
+            try:
+                signum = self._signals.get(timeout=TICK)
+            except queue.Empty:
+                signum = None
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("stop requested", signal=signal.Signals(signum).name)
+                return
+            if signum == signal.SIGHUP:
+                self.reload("SIGHUP")
+            now = time.monotonic()
+            if now - last["poll"] >= 1.0:
+                last["poll"] = now
+                if self._config_changed():
+                    self.reload("config file changed")
+                self.processor.requeue_received()  # retries from the CLI
+                for w in self.delivery.workers.values():
+                    w.wake()
+            if now - last["clean"] >= 5.0:
+                last["clean"] = now
+                try:
+                    removed = self.spool.cleanup(self.loaded.config.spool.retention)
+                    if removed:
+                        log.info("spool cleaned", removed_jobs=removed)
+                except Exception as exc:
+                    log.error("spool clean-up failed", error=bug_summary(exc))
+            healthy, _ = self.health()
+            if watchdog and healthy and now - last["ping"] >= watchdog:
+                last["ping"] = now
+                self.notifier.notify(watchdog=1)
+            if now - last["status"] >= 5.0:
+                last["status"] = now
+                self.notifier.notify(status=self._status_line())
+
+    def health(self) -> tuple[bool, str]:
+        problems = []
+        if not self.processor.alive():
+            problems.append("processing worker died")
+        if not self.delivery.alive():
+            problems.append("delivery worker died")
+        try:
+            self.spool.queue_depths()
+        except Exception as exc:
+            problems.append(f"spool database unavailable ({type(exc).__name__})")
+        return (not problems, "; ".join(problems) or "ok")
+
+    def _status_line(self) -> str:
+        try:
+            received, pending = self.spool.queue_depths()
+        except Exception:
+            return "spool unavailable"
+        return f"queued for processing: {received}; awaiting delivery: {sum(pending.values())}"
+
+    # -- intake ------------------------------------------------------------------------
+    def _received(self, job_id: int, facts) -> None:
+        job = self.spool.get_job(job_id)
+        size = job.size if job else 0
+        log.info("object received", job=job_id, source=facts.source, size=size)
+        self.pm.hook.pacsguard_object_received(job_id=job_id, source=facts.source, size=size)
+        self.processor.submit(job_id)
+
+    def _apply_sources(self, loaded: configmod.Loaded) -> None:
+        wanted = {s.name: s for s in loaded.sources}
+        for name in list(self.sources):
+            spec = wanted.get(name)
+            if spec is None or self._source_specs[name] != (spec.cls, spec.options):
+                self.sources.pop(name).stop()
+                del self._source_specs[name]
+        for name, spec in wanted.items():
+            if name in self.sources:
+                continue
+            source = spec.cls(name, spec.options, self.intake)
+            source.start()
+            self.sources[name] = source
+            self._source_specs[name] = (spec.cls, spec.options)
+
+    # -- reload ------------------------------------------------------------------------
+    def _stat(self):
+        if self.config_path is None:
+            return None
+        try:
+            st = os.stat(self.config_path)
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return None
+
+    def _remember_config_stat(self) -> None:
+        self._config_stat = self._stat()
+
+    def _config_changed(self) -> bool:
+        st = self._stat()
+        if st is None or st == self._config_stat:
+            return False
+        self._config_stat = st
+        try:
+            return Path(self.config_path).read_text() != self.loaded.text
+        except OSError:
+            return False
+
+    def reload(self, why: str) -> bool:
+        try:
+            loaded = self.load()
+            runtime = build_runtime(loaded, self.registry, self.runtime.generation + 1)
+        except ConfigError as exc:
+            log.error("config reload refused; the running config stays in force", trigger=why,
+                      errors=exc.errors)
+            return False
+        old = self.loaded.config
+        if loaded.config.spool != old.spool or loaded.config.metrics != old.metrics \
+                or loaded.config.processing != old.processing:
+            log.warning("spool, processing and metrics settings take effect at the next restart")
+        self.runtime = runtime  # one reference swap: workers pick it up with their next batch
+        self.loaded = loaded
+        self.delivery.apply(runtime.destinations)
+        self._apply_sources(loaded)
+        set_level(loaded.config.logging.level)
+        log.info("config reloaded", trigger=why, generation=runtime.generation,
+                 routes=[r.name for r in runtime.routes], destinations=sorted(runtime.destinations))
+        return True
+
+    # -- shutdown ----------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        self.stopping = True
+        self.notifier.notify(stopping=1, status="stopping: finishing in-flight work")
+        timeout = self.loaded.config.shutdown_timeout
+        deadline = time.monotonic() + timeout
+        for source in self.sources.values():
+            try:
+                source.stop()
+            except Exception as exc:
+                log.error("source did not stop cleanly", error=bug_summary(exc))
+        processed = self.processor.stop(max(0.0, deadline - time.monotonic()))
+        delivered = self.delivery.stop(max(0.0, deadline - time.monotonic()))
+        try:
+            received, pending = self.spool.queue_depths()
+        except Exception:
+            received, pending = -1, {}
+        log.info("pacsguard stopped", drained=processed and delivered,
+                 left_for_processing=received, left_for_delivery=sum(pending.values()))
+        if self.metrics_server:
+            self.metrics_server.close()
+        self.spool.close()

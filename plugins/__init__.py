@@ -1,0 +1,1 @@
+"""pacsguard's built-in plugins, one subpackage each, registered like third-party ones."""

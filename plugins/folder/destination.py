@@ -1,0 +1,74 @@
+"""The folder destination: atomic writes under a root, paths from a template."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from pacsguard.daemon.errors import DeliveryError
+from pacsguard.daemon.extension import Destination, Options
+from pacsguard.daemon.spool import fsync_dir
+from pacsguard.daemon.units import AbsPath
+
+from .template import DEFAULT_TEMPLATE, render, template_fields
+
+_RETRYABLE = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO,
+              errno.ENOENT, errno.ESTALE, errno.EBUSY}
+
+
+class FolderDestinationOptions(Options):
+    path: AbsPath = Field(description="destination root folder")
+    template: str = Field(DEFAULT_TEMPLATE, description="relative file path from DICOM keywords")
+    fsync: bool = Field(True, description="fsync each file and folder before reporting delivery")
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v):
+        template_fields(v)
+        return v
+
+
+class FolderDestination(Destination):
+    """Write each object to a folder, at a path built from its attributes."""
+
+    name = "folder"
+    Options = FolderDestinationOptions
+
+    def send(self, path: Path, header) -> None:
+        root = self.options.path
+        try:
+            rel = render(self.options.template, header)
+        except ValueError as exc:
+            raise DeliveryError(f"cannot build the destination path: {exc}", permanent=True) from None
+        target = root.joinpath(*rel.parts)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            real_root = root.resolve()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.resolve().is_relative_to(real_root):
+                raise DeliveryError("destination path leaves the destination root", permanent=True)
+            tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                shutil.copyfile(path, tmp)
+                if self.options.fsync:
+                    fd = os.open(tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                os.replace(tmp, target)
+            finally:
+                if tmp.exists():
+                    tmp.unlink(missing_ok=True)
+            if self.options.fsync:
+                fsync_dir(target.parent)
+        except DeliveryError:
+            raise
+        except OSError as exc:
+            reason = f"cannot write to destination folder: {exc.strerror or type(exc).__name__}"
+            raise DeliveryError(reason, permanent=exc.errno not in _RETRYABLE) from None
