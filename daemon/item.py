@@ -166,13 +166,20 @@ def check_integrity(path: Path, header: Dataset) -> None:
     if not header.get("SOPInstanceUID") or not header.get("SOPClassUID"):
         raise QuarantineError("not a DICOM composite object (no SOP Class/Instance UID)")
     size = os.path.getsize(path)
+    ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    deflated = ts == "1.2.840.10008.1.2.1.99"  # offsets refer to the inflated stream
     for tag in list(header.keys()):
         raw = header.get_item(tag, keep_deferred=True)
-        tell = getattr(raw, "value_tell", None)
         length = getattr(raw, "length", None)
-        if getattr(raw, "value", b"") is None and tell is not None and length not in (None, _UNDEFINED):
-            if tell + length > size:
-                have = max(size - tell, 0)
-                raise QuarantineError(
-                    f"truncated DICOM file: element {tag} has {have} of {length} bytes"
-                )
+        if length in (None, _UNDEFINED):
+            continue
+        value = getattr(raw, "value", b"")
+        tell = getattr(raw, "value_tell", None)
+        if value is None and tell is not None and not deflated:
+            have = max(size - tell, 0)  # deferred: compare with what the file holds
+        elif isinstance(value, (bytes, bytearray)):
+            have = len(value)  # read: a short read means the file ended early
+        else:
+            continue
+        if have < length:
+            raise QuarantineError(f"truncated DICOM file: element {tag} has {have} of {length} bytes")

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set everything up and run a demo of the daemon on its embedded default config:
+# real DICOM images (pydicom's bundled files) are dropped into ./pacsguard-data/inbound,
+# picked up, routed through a stage and written under ./pacsguard-data/outbound.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test,codecs
+exec .venv/bin/python scripts/demo.py "$@"
