@@ -44,7 +44,8 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # validate_default: defaults go through the same parsing as given values ("30s" -> 30.0).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 # --- match conditions ------------------------------------------------------------------
@@ -114,18 +115,10 @@ MatchOps.model_rebuild()
 # --- sections ----------------------------------------------------------------------------
 
 
-class NodeConfig(_Model):
-    """This node's DICOM identity (used by the DICOM network source)."""
-
-    ae_title: str = Field("PACSGUARD", min_length=1, max_length=16, pattern=r"^[ -~]*$")
-    host: str = "0.0.0.0"
-    port: int = Field(11112, ge=0, le=65535)
-
-
 class SpoolConfig(_Model):
     path: AbsPath = Field(Path("pacsguard-data/spool"), description="spool folder (files + spool.db)")
-    max_size: Size = Field("10GiB", description="refuse intake above this much spooled data")
-    retention: Duration = Field("1h", description="keep delivered objects this long, then delete")
+    max_size: Size = Field(10 * 2**30, description="refuse intake above this much spooled data")
+    retention: Duration = Field(3600.0, description="keep delivered objects this long, then delete")
 
 
 class ProcessingConfig(_Model):
@@ -136,7 +129,7 @@ class ProcessingConfig(_Model):
 class RetryConfig(_Model):
     initial: Duration = Field(1.0, description="delay after the first failure")
     factor: float = Field(2.0, ge=1.0, description="delay multiplier per further failure")
-    max_delay: Duration = Field("5m", description="cap on the delay")
+    max_delay: Duration = Field(300.0, description="cap on the delay")
     max_attempts: int = Field(10, ge=1, description="then the delivery is quarantined")
     jitter: float = Field(0.2, ge=0, le=1, description="random +- fraction added to each delay")
 
@@ -144,7 +137,7 @@ class RetryConfig(_Model):
 class DestinationSpec(BaseModel):
     """A destination: ``type`` picks the plugin; other keys are that type's options."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
 
     type: str
     retry: RetryConfig = RetryConfig()
@@ -178,7 +171,8 @@ class MetricsConfig(_Model):
 class Config(_Model):
     """The whole configuration file."""
 
-    node: Optional[NodeConfig] = Field(None, description="DICOM network node (needs a 'dicom' source plugin)")
+    node: Optional[dict[str, Any]] = Field(
+        None, description="this DICOM network node (AE title, port, TLS, allowed callers): the 'dicom' source's options")
     watch: list[dict[str, Any]] = Field(default_factory=list, description="watched inbound folders")
     spool: SpoolConfig = SpoolConfig()
     processing: ProcessingConfig = ProcessingConfig()
@@ -186,7 +180,7 @@ class Config(_Model):
     routes: list[RouteConfig] = Field(default_factory=list)
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
-    shutdown_timeout: Duration = Field("30s", description="on SIGTERM, wait this long for in-flight work")
+    shutdown_timeout: Duration = Field(30.0, description="on SIGTERM, wait this long for in-flight work")
 
     @field_validator("destinations")
     @classmethod
@@ -511,6 +505,10 @@ def json_schema(registry: Registry) -> dict:
         sub = add(registry.sources["folder"].cls.Options)
         sub.setdefault("properties", {})["name"] = {"type": "string", "description": "source name (default: the folder's name)"}
         schema["properties"]["watch"]["items"] = sub
+    if "dicom" in registry.sources:
+        sub = add(registry.sources["dicom"].cls.Options)
+        sub["description"] = registry.sources["dicom"].cls.summary()
+        schema["properties"]["node"] = {"anyOf": [sub, {"type": "null"}]}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "pacsguard configuration"
     return schema

@@ -158,7 +158,7 @@ class Processor:
                 continue
             self.hook.pacsguard_object_routed(job_id=job.id, routes=[r.name for r in routes])
             for i, route in enumerate(routes):
-                item = Item(job.id, job.path, job.facts, decode_pixels=self.hook.pacsguard_decode_pixels)
+                item = self._new_item(job)
                 if i == 0:
                     item._header = header  # parsed once; later routes re-read their own copy
                 works.append(_Work(job, route, item))
@@ -167,13 +167,17 @@ class Processor:
         self._run_stages(works)
         self._finish(works)
 
+    def _new_item(self, job: Job) -> Item:
+        """A fresh item for ``job``, as it was received."""
+        return Item(job.id, job.path, job.facts, decode_pixels=self.hook.pacsguard_decode_pixels)
+
     def _run_stages(self, works: list[_Work]) -> None:
         by_route: dict[str, list[_Work]] = {}
         for w in works:
             by_route.setdefault(w.route.name, []).append(w)
         for group in by_route.values():
             route = group[0].route
-            for stage in route.stages:
+            for k, stage in enumerate(route.stages):
                 live = [w for w in group if w.failed is None]
                 if not live:
                     break
@@ -187,20 +191,26 @@ class Processor:
                             continue
                         by_geometry.setdefault(key, []).append(w)
                     for batch in by_geometry.values():
-                        self._run_batch(stage, route, batch)
+                        self._run_batch(stage, route, batch, route.stages[:k])
                 else:
                     for w in live:
                         self._run_one(stage, route, w)
 
-    def _run_batch(self, stage, route: Route, batch: list[_Work]) -> None:
+    def _run_batch(self, stage, route: Route, batch: list[_Work], earlier: list) -> None:
         t0 = time.perf_counter()
         try:
             results = stage.process_batch([w.item for w in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"process_batch returned {len(results)} items for {len(batch)}")
         except Exception:
-            for w in batch:  # isolate the culprit
-                self._run_one(stage, route, w)
+            # Isolate the culprit. The failed batch may have changed some items already, so
+            # each one starts again from the received object through the earlier stages.
+            for w in batch:
+                w.item = self._new_item(w.job)
+                for prior in [*earlier, stage]:
+                    self._run_one(prior, route, w)
+                    if w.failed is not None:
+                        break
             return
         per = (time.perf_counter() - t0) / len(batch)
         for w, item in zip(batch, results):
@@ -223,7 +233,7 @@ class Processor:
             summary = bug_summary(exc)
             log.error("stage raised an unexpected error", job=w.job.id, route=route.name,
                       stage=stage.name, error=summary,
-                      stack=traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+                      stack="".join(traceback.format_list(traceback.extract_tb(exc.__traceback__))))
             w.failed = (f"stage {stage.name} failed unexpectedly ({summary})", f"stage:{stage.name}")
         self.hook.pacsguard_stage_finished(job_id=w.job.id, route=route.name, stage=stage.name,
                                            seconds=time.perf_counter() - t0, outcome=outcome)

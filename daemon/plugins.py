@@ -16,6 +16,7 @@ from .extension import Destination, Source, Stage
 DEFAULT_PLUGINS = (
     "pacsguard.daemon.pixels",
     "pacsguard.plugins.folder",
+    "pacsguard.plugins.dicom",
     "pacsguard.plugins.setattrs",
 )
 

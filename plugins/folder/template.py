@@ -12,6 +12,7 @@ import string
 from pathlib import PurePosixPath
 
 from pydicom.datadict import tag_for_keyword
+from pydicom.multival import MultiValue
 
 DEFAULT_TEMPLATE = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 MAX_COMPONENT = 120
@@ -26,6 +27,8 @@ def template_fields(template: str) -> list[str]:
     for literal, name, spec, conv in string.Formatter().parse(template):
         if name is None:
             continue
+        if not name:
+            raise ValueError("'{}' names no attribute: write '{Keyword}'")
         if spec or conv:
             raise ValueError(f"'{{{name}}}': format specs and conversions are not supported")
         if tag_for_keyword(name) is None:
@@ -34,7 +37,13 @@ def template_fields(template: str) -> list[str]:
     literal_parts = PurePosixPath(template.replace("{", "").replace("}", "")).parts
     if ".." in literal_parts:
         raise ValueError("template must not contain '..'")
+    if not _parts(template.format(**{name: "x" for name in fields})):
+        raise ValueError("template renders no file path")
     return fields
+
+
+def _parts(rendered: str) -> list[str]:
+    return [p for p in PurePosixPath(rendered).parts if p not in ("", "/", ".")]
 
 
 def sanitize_component(value: str) -> str:
@@ -62,7 +71,7 @@ def _value(header, keyword: str) -> str:
     v = header[keyword].value
     if v is None or v == "":
         return MISSING
-    if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, (str, bytes)):
+    if isinstance(v, (MultiValue, list, tuple)):
         v = "\\".join(str(x) for x in v)
     elif isinstance(v, bytes):
         v = v.decode("ascii", "replace")
@@ -73,7 +82,7 @@ def render(template: str, header) -> PurePosixPath:
     """The relative path for ``header``: every substituted value is one safe component."""
     values = {name: sanitize_component(_value(header, name)) for name in template_fields(template)}
     rendered = template.format(**values)
-    parts = [p for p in PurePosixPath(rendered).parts if p not in ("", "/", ".")]
+    parts = _parts(rendered)
     safe = [sanitize_component(p) if p == ".." else p for p in parts]
     if not safe:
         raise ValueError("template produced an empty path")

@@ -45,29 +45,47 @@ def _check_keyword(keyword: str) -> str:
 
 def _coerce(keyword: str, value: Any) -> Any:
     vr = _check_keyword(keyword)
+    # Some attributes have a VR that depends on the data set ("US or SS"): take the value
+    # when it is valid for any of them; pydicom resolves the VR when it writes.
+    candidates = vr.split(" or ")
+    kind = _kind(candidates[0])
+    if kind is None or any(_kind(c) != kind for c in candidates):
+        raise ValueError(f"{keyword} has VR {vr}, which set-attributes does not write")
     values = value if isinstance(value, list) else [value]
     out = []
     for v in values:
         if isinstance(v, (dict, list)) or v is None:
             raise ValueError(f"{keyword}: expected a value or a list of values")
-        if vr in _TEXT_VRS:
+        if kind == "text":
             v = str(v)
-        elif vr in _INT_VRS:
+        elif kind == "int":
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{keyword} (VR {vr}) takes whole numbers")
-        elif vr in _FLOAT_VRS:
+        else:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"{keyword} (VR {vr}) takes numbers")
             v = float(v)
+        problems = []
+        for candidate in candidates:
+            try:
+                validate_value(candidate, v, pydicom_config.RAISE)
+                break
+            except ValueError as exc:
+                problems.append(str(exc).split(" Please see")[0])
         else:
-            raise ValueError(f"{keyword} has VR {vr}, which set-attributes does not write")
-        try:
-            validate_value(vr.split(" or ")[0], v, pydicom_config.RAISE)
-        except ValueError as exc:
-            msg = str(exc).split(" Please see")[0]
-            raise ValueError(f"{keyword}: {msg}") from None
+            raise ValueError(f"{keyword}: {problems[0]}")
         out.append(v)
     return out if isinstance(value, list) else out[0]
+
+
+def _kind(vr: str) -> str | None:
+    if vr in _TEXT_VRS:
+        return "text"
+    if vr in _INT_VRS:
+        return "int"
+    if vr in _FLOAT_VRS:
+        return "float"
+    return None
 
 
 class SetAttributesOptions(Options):

@@ -92,8 +92,6 @@ def test_example_yaml_validates(registry):
     assert empty.routes == [] and empty.destinations == {}
 
 
-@pytest.mark.xfail(strict=True, reason="pydantic does not validate defaults: Duration/Size/AbsPath "
-                   "defaults stay unparsed strings ('30s', '5m', '10GiB', '1h') and a relative Path")
 def test_defaults_are_parsed_like_given_values(registry, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     default = load_config(None, registry).config
@@ -153,7 +151,7 @@ def test_every_error_reported_with_place_and_line(registry):
     msg = {place: m for place, (m, _) in placed.items()}
     assert msg["watch[0]"] == "unknown key 'bogus'"
     assert "'{NotAKeyword}' is not a DICOM keyword" in msg["destinations.out.template"]
-    assert msg["destinations.weird"].startswith("unknown destination type 'ftp' (known: folder")
+    assert msg["destinations.weird"].startswith("unknown destination type 'ftp' (known: dicom, folder")
     assert msg["routes[0].pipeline[0].set-attributes.set"].startswith("PatientID:")
     assert "64" in msg["routes[0].pipeline[0].set-attributes.set"]  # LO holds at most 64 characters
     assert msg["routes[0].pipeline[1].encrypt"].startswith("unknown stage 'encrypt' (known: set-attributes")
@@ -203,7 +201,7 @@ DEST = "destinations:\n  out: {type: folder, path: /tmp/pg-out}\n"
     (DEST + "routes:\n  - {name: r}\n", "routes[0]", "required key 'to' is missing", 4),
     ("watch:\n  - {path: /tmp/a}\n  - {path: /tmp/b/a}\n", "watch[1].name", "source name 'a' is used twice", 3),
     ("watch:\n  - {name: w, path: /tmp/w, settle: later}\n", "watch[0].settle", "invalid duration", 2),
-    ("node: {ae_title: X}\n", "node", "no plugin provides the 'dicom' network source", 1),
+    ("node:\n  ae_title: X\n  port: 99999\n", "node.port", "less than or equal to 65535", 3),
     ("spool:\n  max_size: lots\n", "spool.max_size", "invalid size 'lots'", 2),
     ("logging: {level: verbose}\nsurprise: 1\n", "(top level)", "unknown key 'surprise'", 1),
 ])

@@ -239,7 +239,8 @@ def test_hook_pacsguard_register_sources():
     registry = collect(get_plugin_manager(extra=(observer,)))
     assert registry.sources["folder"].cls is FolderSource
     assert registry.sources["folder"].plugin == "pacsguard.plugins.folder"
-    assert set(registry.sources) == {"folder"}
+    assert registry.sources["dicom"].plugin == "pacsguard.plugins.dicom"
+    assert set(registry.sources) == {"folder", "dicom"}
     assert len(observer.seen("pacsguard_register_sources")) == 1
 
 

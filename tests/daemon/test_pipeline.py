@@ -313,8 +313,6 @@ def console_logging():
     root.setLevel(level)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py logs stack= as a list; structlog's ConsoleRenderer "
-                                       "needs a str, so the stage-error line is lost (TypeError)")
 def test_stage_bug_is_logged_in_console_format(spool, pm, tmp_path, console_logging):
     mr = ingest(spool, tmp_path, MR)
 
@@ -405,8 +403,6 @@ class Stamper(Stage):
         return self._stamp(item)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py _run_batch retries a failed batch on the same, "
-                                       "already partly processed Item objects: the stage is applied twice")
 def test_failed_batch_retry_starts_from_the_received_object(spool, pm, tmp_path):
     stage = Stamper(Stamper.Options())
     cts = [ingest(spool, tmp_path, CT) for _ in range(3)]

@@ -199,9 +199,6 @@ def test_fill_if_missing_treats_empty_numeric_value_as_missing(ct):
     assert item.dataset.Rows == 128  # present: kept
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "set-attributes refuses attributes whose dictionary VR is ambiguous ('US or SS'): _coerce "
-    "classifies the unsplit VR string although it validates with vr.split(' or ')[0]"))
 def test_ambiguous_vr_integer_attribute_can_be_set():
     opts = options(set_if_missing={"PixelPaddingValue": -1000})
     assert opts.set_if_missing == {"PixelPaddingValue": -1000}
