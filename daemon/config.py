@@ -139,8 +139,8 @@ class DestinationSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
 
-    type: str
-    retry: RetryConfig = RetryConfig()
+    type: str = Field(description="destination plugin: folder, dicom, ... (`pacsguard plugins` lists them)")
+    retry: RetryConfig = Field(RetryConfig(), description="retry schedule of failed deliveries")
     parallel: int = Field(1, ge=1, le=32, description="concurrent sends to this destination")
 
     @property
@@ -149,8 +149,12 @@ class DestinationSpec(BaseModel):
 
 
 class RouteConfig(_Model):
-    name: str = Field(pattern=_NAME)
-    match: dict[str, MatchValue] = Field(default_factory=dict, description="all must hold; empty matches everything")
+    name: str = Field(pattern=_NAME, description="unique route name (letters, digits, _ . -): in logs, metrics, status")
+    match: dict[str, MatchValue] = Field(
+        default_factory=dict,
+        description="conditions, all must hold (empty: matches everything): DICOM keyword or transport fact"
+                    " (source, source_type, calling_ae, called_ae, calling_host) -> value, list of values,"
+                    " or operators regex / not / exists / lt / le / gt / ge")
     pipeline: list[dict[str, Any]] = Field(default_factory=list, description="stages in order: [{stage-name: {options}}]")
     to: list[str] = Field(min_length=1, description="destination names")
     final: bool = Field(False, description="stop evaluating later routes when this one matches")
@@ -158,14 +162,14 @@ class RouteConfig(_Model):
 
 
 class LoggingConfig(_Model):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="least severe level logged")
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, JSON otherwise")
 
 
 class MetricsConfig(_Model):
-    enabled: bool = True
+    enabled: bool = Field(True, description="serve /metrics (Prometheus text) and /healthz over HTTP")
     host: str = Field("127.0.0.1", description="listen address of /metrics and /healthz")
-    port: int = Field(9790, ge=0, le=65535)
+    port: int = Field(9790, ge=0, le=65535, description="listen port (0: any free port, logged at start)")
 
 
 class Config(_Model):
@@ -173,13 +177,13 @@ class Config(_Model):
 
     node: Optional[dict[str, Any]] = Field(
         None, description="this DICOM network node (AE title, port, TLS, allowed callers): the 'dicom' source's options")
-    watch: list[dict[str, Any]] = Field(default_factory=list, description="watched inbound folders")
-    spool: SpoolConfig = SpoolConfig()
-    processing: ProcessingConfig = ProcessingConfig()
-    destinations: dict[str, DestinationSpec] = Field(default_factory=dict)
-    routes: list[RouteConfig] = Field(default_factory=list)
-    logging: LoggingConfig = LoggingConfig()
-    metrics: MetricsConfig = MetricsConfig()
+    watch: list[dict[str, Any]] = Field(default_factory=list, description="watched inbound folders: the 'folder' source's options")
+    spool: SpoolConfig = Field(SpoolConfig(), description="the durable spool")
+    processing: ProcessingConfig = Field(ProcessingConfig(), description="pipeline workers")
+    destinations: dict[str, DestinationSpec] = Field(default_factory=dict, description="named destinations: NAME -> {type, options}")
+    routes: list[RouteConfig] = Field(default_factory=list, description="routing rules, evaluated top to bottom; every match fires")
+    logging: LoggingConfig = Field(LoggingConfig(), description="log level and format")
+    metrics: MetricsConfig = Field(MetricsConfig(), description="Prometheus metrics and health endpoint")
     shutdown_timeout: Duration = Field(30.0, description="on SIGTERM, wait this long for in-flight work")
 
     @field_validator("destinations")

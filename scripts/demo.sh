@@ -4,5 +4,5 @@
 # picked up, routed through a stage and written under ./pacsguard-data/outbound.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh test,codecs
+PACSGUARD_NO_PEERS=1 scripts/setup.sh test,codecs
 exec .venv/bin/python scripts/demo.py "$@"
