@@ -17,8 +17,9 @@ from pathlib import Path
 import pydicom
 from pydicom.data import get_testdata_file
 
-SAMPLES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "emri_small_RLE.dcm", "rtplan.dcm",
-           "US1_J2KR.dcm", "SC_rgb.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+# Real images with distinct SOP Instance UIDs: native, RLE and JPEG compressed, an RT plan.
+SAMPLES = ["CT_small.dcm", "MR_small.dcm", "emri_small_RLE.dcm", "rtplan.dcm", "SC_rgb.dcm",
+           "SC_rgb_jpeg_dcmtk.dcm"]
 PACSGUARD = [sys.executable, "-m", "pacsguard.daemon.cli"]
 
 
@@ -60,7 +61,7 @@ def main() -> int:
         ds = pydicom.dcmread(outs[0], stop_before_pixels=True)
         print(f"   {outs[0]}")
         print(f"   ImageComments = {ds.get('ImageComments')!r}  (set by the set-attributes stage)")
-        ok = st["jobs"]["done"] == len(SAMPLES) and st["jobs"]["quarantined"] == 1
+        ok = st["jobs"]["done"] == len(SAMPLES) == len(outs) and st["jobs"]["quarantined"] == 1
         print("== demo", "OK" if ok else "INCOMPLETE", f"(log: pacsguard-demo.log)")
         return 0 if ok else 1
     finally:
