@@ -186,6 +186,10 @@ class DeliveryManager:
             if w is not None:
                 w.wake()
 
+    def wake_all(self) -> None:
+        for w in self.workers.values():
+            w.wake()
+
     def alive(self) -> bool:
         return all(w.alive() for w in self.workers.values())
 

@@ -32,6 +32,21 @@ log = structlog.get_logger("pacsguard.service")
 TICK = 0.5
 
 
+def build_destinations(loaded: configmod.Loaded, registry: Registry) -> dict:
+    """Instantiate the destinations of a validated config: {name: (Destination, spec)}."""
+    errors = []
+    destinations = {}
+    for name, spec in loaded.config.destinations.items():
+        cls = registry.destinations[spec.type].cls
+        try:
+            destinations[name] = (cls(name, loaded.destination_options[name]), spec)
+        except Exception as exc:
+            errors.append(f"destinations.{name}: cannot set up destination ({exc})")
+    if errors:
+        raise ConfigError(errors, str(loaded.path or "<embedded default>"))
+    return destinations
+
+
 def build_runtime(loaded: configmod.Loaded, registry: Registry, generation: int = 0) -> Runtime:
     """Instantiate stages and destinations for a validated config."""
     errors = []
@@ -44,13 +59,10 @@ def build_runtime(loaded: configmod.Loaded, registry: Registry, generation: int 
             except Exception as exc:
                 errors.append(f"routes[{i}].pipeline[{j}].{spec.name}: cannot start stage ({exc})")
         routes.append(compile_route(rc, stages))
-    destinations = {}
-    for name, spec in loaded.config.destinations.items():
-        cls = registry.destinations[spec.type].cls
-        try:
-            destinations[name] = (cls(name, loaded.destination_options[name]), spec)
-        except Exception as exc:
-            errors.append(f"destinations.{name}: cannot set up destination ({exc})")
+    try:
+        destinations = build_destinations(loaded, registry)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
     if errors:
         raise ConfigError(errors, str(loaded.path or "<embedded default>"))
     return Runtime(routes=routes, destinations=destinations, generation=generation)
@@ -91,6 +103,9 @@ class Intake:
 class Service:
     def __init__(self, config_path: Path | None = None, *, pm=None, log_stream=None):
         self.config_path = Path(config_path) if config_path else None
+        # A plugin manager handed in (embedding, tests) may hold plugins that a separate
+        # delivery process could not rebuild: deliveries then run in this process.
+        self._own_pm = pm is None
         self.pm = pm or get_plugin_manager()
         self.registry = collect(self.pm)
         self.log_stream = log_stream
@@ -119,9 +134,7 @@ class Service:
         self.processor = Processor(self.spool, self.pm.hook, lambda: self.runtime,
                                    workers=cfg.processing.workers, batch_size=cfg.processing.batch_size,
                                    on_routed=lambda dests: self.delivery.wake(dests))
-        from .delivery import DeliveryManager
-
-        self.delivery = DeliveryManager(self.spool, self.pm.hook)
+        self.delivery = self._start_delivery(loaded)
         if cfg.metrics.enabled:
             self.metrics = Metrics(self.spool.queue_depths, lambda: self.spool.used_bytes)
             self.pm.register(self.metrics, name="pacsguard.metrics")
@@ -129,14 +142,13 @@ class Service:
         self._install_signals()
         self.processor.start()
         requeued = self.processor.requeue_received()
-        self.delivery.apply(self.runtime.destinations)
         self._apply_sources(loaded)
         self._remember_config_stat()
         log.info("pacsguard started", config=str(self.config_path or "<embedded default>"),
                  spool=str(cfg.spool.path), routes=[r.name for r in self.runtime.routes],
                  destinations=sorted(self.runtime.destinations), sources=sorted(self.sources),
                  metrics_port=self.metrics_server.port if self.metrics_server else None,
-                 requeued=requeued, **stats)
+                 delivery_pid=getattr(self.delivery, "pid", None), requeued=requeued, **stats)
         self.notifier.notify(ready=1, status=self._status_line())
         try:
             self._main_loop()
@@ -174,8 +186,8 @@ class Service:
                 if self._config_changed():
                     self.reload("config file changed")
                 self.processor.requeue_received()  # retries from the CLI
-                for w in self.delivery.workers.values():
-                    w.wake()
+                self._check_delivery()
+                self.delivery.wake_all()
             if now - last["clean"] >= 5.0:
                 last["clean"] = now
                 try:
@@ -191,6 +203,27 @@ class Service:
             if now - last["status"] >= 5.0:
                 last["status"] = now
                 self.notifier.notify(status=self._status_line())
+
+    def _start_delivery(self, loaded: configmod.Loaded):
+        if self._own_pm and loaded.config.processing.delivery_process:
+            from .delivery_process import DeliveryProcess
+
+            return DeliveryProcess(loaded, self.spool.root, self.spool.max_size, self.pm.hook)
+        from .delivery import DeliveryManager
+
+        manager = DeliveryManager(self.spool, self.pm.hook)
+        manager.apply(self.runtime.destinations)
+        return manager
+
+    def _check_delivery(self) -> None:
+        """A delivery process that died is started again (its work is safe in the spool)."""
+        if self.stopping or not hasattr(self.delivery, "pid") or self.delivery.alive():
+            return
+        log.error("delivery process died; starting it again")
+        try:
+            self.delivery = self._start_delivery(self.loaded)
+        except RuntimeError as exc:
+            log.error("delivery process could not be restarted", error=str(exc))
 
     def health(self) -> tuple[bool, str]:
         problems = []
@@ -271,7 +304,10 @@ class Service:
             log.warning("spool, processing and metrics settings take effect at the next restart")
         self.runtime = runtime  # one reference swap: workers pick it up with their next batch
         self.loaded = loaded
-        self.delivery.apply(runtime.destinations)
+        if hasattr(self.delivery, "apply_config"):
+            self.delivery.apply_config(loaded)
+        else:
+            self.delivery.apply(runtime.destinations)
         self._apply_sources(loaded)
         set_level(loaded.config.logging.level)
         log.info("config reloaded", trigger=why, generation=runtime.generation,

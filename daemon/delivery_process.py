@@ -1,0 +1,205 @@
+"""Delivery in a process of its own, so sending does not contend with receiving for one GIL.
+
+The service (parent) keeps the sources and the processing workers; a child process runs the
+:class:`~pacsguard.daemon.delivery.DeliveryManager` on the same spool (SQLite in WAL mode
+is made for several processes). They talk over one pipe:
+
+- parent -> child: ``("wake", names)`` new deliveries are queued, ``("wake_all",)``,
+  ``("apply", config_text, config_path)`` after a reload, ``("stop", timeout)``;
+- child -> parent: ``("ready",)``, ``("hook", name, kwargs)`` for the observation hooks
+  (delivered, delivery failed, quarantined), which the parent calls on its own plugin
+  manager so metrics and audit plugins see them exactly once, ``("stopped", drained)``,
+  ``("error", reason)`` when the child cannot start.
+
+If the parent dies (kill -9), the child sees the pipe close, lets in-flight sends finish
+for a few seconds and exits: what it had not sent stays pending in the spool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("pacsguard.delivery")
+
+#: How long a child whose parent vanished waits for in-flight sends.
+ORPHAN_GRACE = 5.0
+
+_RELAYED = ("pacsguard_object_delivered", "pacsguard_delivery_failed", "pacsguard_object_quarantined")
+
+
+class DeliveryProcess:
+    """Parent-side handle with the interface of DeliveryManager that the service uses."""
+
+    def __init__(self, loaded, spool_root: Path, spool_max: int, hook, *, start_timeout: float = 60.0):
+        self.hook = hook
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._send_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._drained = False
+        self._error: str | None = None
+        self._proc = ctx.Process(
+            target=child_main, name="pacsguard-delivery",
+            args=(child_conn, loaded.text, str(loaded.path) if loaded.path else None, str(spool_root), spool_max),
+        )
+        self._proc.start()
+        child_conn.close()
+        self._reader = threading.Thread(target=self._read, name="delivery-events", daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + start_timeout
+        while not self._ready.is_set():
+            if self._error or not self._proc.is_alive() or time.monotonic() > deadline:
+                self._proc.kill()
+                raise RuntimeError(f"delivery process did not start: {self._error or 'no answer'}")
+            self._ready.wait(0.05)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                return
+            kind = msg[0]
+            if kind == "hook":
+                _, name, kwargs = msg
+                try:
+                    getattr(self.hook, name)(**kwargs)
+                except Exception as exc:  # an observer's bug must not stop the relay
+                    log.error("observation hook failed", hook=name, error=type(exc).__name__)
+            elif kind == "ready":
+                self._ready.set()
+            elif kind == "stopped":
+                self._drained = bool(msg[1])
+                self._stopped.set()
+            elif kind == "error":
+                self._error = msg[1]
+
+    def _send(self, *msg) -> None:
+        with self._send_lock:
+            try:
+                self._conn.send(msg)
+            except (OSError, ValueError):
+                pass  # the child is gone: alive() says so, the service restarts it
+
+    # -- the DeliveryManager interface ------------------------------------------------
+    def apply_config(self, loaded) -> None:
+        self._send("apply", loaded.text, str(loaded.path) if loaded.path else None)
+
+    def wake(self, names) -> None:
+        self._send("wake", sorted(names))
+
+    def wake_all(self) -> None:
+        self._send("wake_all")
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the child to stop; True if it drained in time."""
+        if self._proc.is_alive():
+            self._send("stop", timeout)
+            self._stopped.wait(timeout + 5.0)
+            self._proc.join(2.0)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(5.0)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+        self._conn.close()
+        return self._drained
+
+
+class _Relay:
+    """Stands in for the plugin manager's hook caller inside the child."""
+
+    def __init__(self, conn, lock: threading.Lock):
+        self._conn = conn
+        self._lock = lock
+
+    def __getattr__(self, name: str):
+        if name not in _RELAYED:
+            raise AttributeError(name)
+
+        def call(**kwargs):
+            with self._lock:
+                try:
+                    self._conn.send(("hook", name, kwargs))
+                except (OSError, ValueError):
+                    pass
+
+        return call
+
+
+def child_main(conn, config_text: str, config_path: str | None, spool_root: str, spool_max: int) -> None:
+    """Entry point of the delivery process."""
+    # The parent handles the signals; a terminal's Ctrl-C or a reload is not for us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    terminate = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminate.set())
+
+    from .config import load_config_text
+    from .delivery import DeliveryManager
+    from .logs import configure_logging
+    from .plugins import collect, get_plugin_manager
+    from .service import build_destinations
+    from .spool import Spool
+
+    lock = threading.Lock()
+    try:
+        pm = get_plugin_manager()
+        registry = collect(pm)
+        path = Path(config_path) if config_path else None
+        loaded = load_config_text(config_text, registry, path=path, label=str(path or "<embedded default>"))
+        configure_logging(loaded.config.logging.level, loaded.config.logging.format)
+        spool = Spool(Path(spool_root), spool_max)
+        manager = DeliveryManager(spool, _Relay(conn, lock))
+        manager.apply(build_destinations(loaded, registry))
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready",))
+    log.info("delivery process started", destinations=sorted(manager.workers))
+
+    while True:
+        if terminate.is_set():
+            manager.stop(0.0)
+            return
+        try:
+            if not conn.poll(0.5):
+                continue
+            msg = conn.recv()
+        except (EOFError, OSError):
+            log.warning("service process went away; delivery process stops",
+                        in_flight=manager.in_flight)
+            manager.stop(ORPHAN_GRACE)
+            return
+        kind = msg[0]
+        if kind == "wake":
+            manager.wake(msg[1])
+        elif kind == "wake_all":
+            manager.wake_all()
+        elif kind == "apply":
+            try:
+                new = load_config_text(msg[1], registry, path=Path(msg[2]) if msg[2] else None)
+                manager.apply(build_destinations(new, registry))
+            except Exception as exc:  # the parent validated it; say why if it still fails
+                log.error("delivery process could not apply the new config", error=type(exc).__name__)
+        elif kind == "stop":
+            drained = manager.stop(float(msg[1]))
+            with lock:
+                conn.send(("stopped", drained))
+            spool.close()
+            return
