@@ -46,7 +46,7 @@ class DeliveryProcess:
         self._drained = False
         self._error: str | None = None
         self._proc = ctx.Process(
-            target=child_main, name="pacsguard-delivery",
+            target=child_main, name="pacsguard-delivery", daemon=True,
             args=(child_conn, loaded.text, str(loaded.path) if loaded.path else None, str(spool_root), spool_max),
         )
         self._proc.start()
