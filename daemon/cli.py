@@ -185,6 +185,99 @@ def cmd_quarantine_retry(args) -> int:
     return rc
 
 
+def _quiet_logging(args) -> None:
+    from .logs import configure_logging
+
+    configure_logging("info" if getattr(args, "verbose", False) else "warning", "console", sys.stderr)
+
+
+def _destination(args):
+    """The configured destination ``args.destination``, instantiated; None (after saying
+    why) if it does not exist or cannot be set up."""
+    _, registry = _registry()
+    loaded = configmod.load_config(configmod.find_config(args.config), registry)
+    name = args.destination
+    spec = loaded.config.destinations.get(name)
+    if spec is None:
+        known = ", ".join(sorted(loaded.config.destinations)) or "none"
+        print(f"no destination {name!r} in the config (defined: {known})", file=sys.stderr)
+        return None
+    try:
+        return registry.destinations[spec.type].cls(name, loaded.destination_options[name])
+    except Exception as exc:
+        print(f"{name}: cannot set up destination ({exc})", file=sys.stderr)
+        return None
+
+
+def cmd_echo(args) -> int:
+    from .errors import DeliveryError
+
+    _quiet_logging(args)
+    dest = _destination(args)
+    if dest is None:
+        return EXIT_INVALID
+    try:
+        if not hasattr(dest, "echo"):
+            print(f"{args.destination}: a destination of type {dest.name!r} cannot be echoed "
+                  "(C-ECHO needs a DICOM destination)", file=sys.stderr)
+            return EXIT_INVALID
+        try:
+            t = dest.echo()
+        except DeliveryError as exc:
+            print(f"{args.destination}: C-ECHO failed: {exc.reason}", file=sys.stderr)
+            return EXIT_INVALID
+    finally:
+        dest.close()
+    print(f"{args.destination}: C-ECHO to {dest.peer} succeeded, round trip {t['total_s'] * 1000:.1f} ms "
+          f"(association {t['associate_s'] * 1000:.1f} ms, echo {t['echo_s'] * 1000:.1f} ms, "
+          f"release {t['release_s'] * 1000:.1f} ms)")
+    return EXIT_OK
+
+
+def _files(paths) -> tuple[list[Path], list[str]]:
+    files, missing = [], []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            missing.append(raw)
+    return files, missing
+
+
+def cmd_send(args) -> int:
+    import time
+
+    from .errors import DeliveryError, QuarantineError
+    from .item import check_integrity, read_header
+
+    _quiet_logging(args)
+    files, missing = _files(args.paths)
+    for raw in missing:
+        print(f"FAILED {raw}: no such file or folder", file=sys.stderr)
+    dest = _destination(args)
+    if dest is None:
+        return EXIT_INVALID
+    sent, failed, started = 0, len(missing), time.monotonic()
+    try:
+        for f in files:
+            try:
+                header = read_header(f)
+                check_integrity(f, header)
+                dest.send(f, header)
+                sent += 1
+            except (DeliveryError, QuarantineError) as exc:
+                failed += 1
+                kind = " (permanent)" if getattr(exc, "permanent", False) else ""
+                print(f"FAILED {f}: {exc.reason}{kind}", file=sys.stderr)
+    finally:
+        dest.close()
+    print(f"{args.destination}: sent {sent}, failed {failed} in {time.monotonic() - started:.1f}s")
+    return EXIT_OK if failed == 0 else EXIT_INVALID
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pacsguard", description="DICOM security daemon: receive, route, protect, forward.")
     p.add_argument("--version", action="version", version=f"pacsguard {_version()}")
@@ -224,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("ids", type=int, nargs="*", metavar="ID")
     q.add_argument("--all", action="store_true", help="retry every open entry")
     q.set_defaults(func=cmd_quarantine_retry)
+    s = with_config(sub.add_parser("echo", help="C-ECHO a configured DICOM destination"))
+    s.add_argument("destination", metavar="DEST", help="destination name in the config")
+    s.add_argument("--verbose", "-v", action="store_true", help="log associations")
+    s.set_defaults(func=cmd_echo)
+    s = with_config(sub.add_parser("send", help="send files (folders recursively) straight to a destination"))
+    s.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    s.add_argument("--to", dest="destination", required=True, metavar="DEST", help="destination name in the config")
+    s.add_argument("--verbose", "-v", action="store_true", help="log associations")
+    s.set_defaults(func=cmd_send)
     return p
 
 

@@ -7,6 +7,7 @@ patient data and no key material in any log line: log job ids and hashed UIDs.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
@@ -15,6 +16,22 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 # Libraries that would log dataset contents at debug level stay at WARNING.
 _QUIET = {"pynetdicom": logging.WARNING, "pydicom": logging.WARNING, "watchdog": logging.WARNING}
+
+
+# Libraries quote the values they complain about ("Invalid value for VR PN: 'DOE^JANE'"):
+# in their lines, every quoted text is replaced, so no patient data reaches the log.
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+
+
+def redact_foreign(logger, method_name, event_dict):
+    """For lines from other libraries (and Python warnings): hide quoted values."""
+    record = event_dict.get("_record")
+    if record is None or event_dict.get("_from_structlog") or record.name.startswith("pacsguard"):
+        return event_dict
+    for key in ("event", "exception"):
+        if isinstance(event_dict.get(key), str):
+            event_dict[key] = _QUOTED.sub("'<redacted>'", event_dict[key])
+    return event_dict
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> None:
@@ -38,8 +55,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> No
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact_foreign,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             renderer,
         ],
     )
@@ -50,6 +68,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> No
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(_LEVELS[level])
+    logging.captureWarnings(True)  # pydicom's UserWarnings go through the same chain
     for name, lib_level in _QUIET.items():
         logging.getLogger(name).setLevel(max(lib_level, _LEVELS[level]))
 

@@ -142,7 +142,12 @@ class Service:
         self._install_signals()
         self.processor.start()
         requeued = self.processor.requeue_received()
-        self._apply_sources(loaded)
+        try:
+            self._apply_sources(loaded)
+        except Exception as exc:  # e.g. the DICOM port is taken: say so, stop cleanly, exit 1
+            log.error("a source could not start; stopping", error=f"{type(exc).__name__}: {exc}")
+            self._shutdown()
+            return 1
         self._remember_config_stat()
         log.info("pacsguard started", config=str(self.config_path or "<embedded default>"),
                  spool=str(cfg.spool.path), routes=[r.name for r in self.runtime.routes],
@@ -252,18 +257,32 @@ class Service:
         self.pm.hook.pacsguard_object_received(job_id=job_id, source=facts.source, size=size)
         self.processor.submit(job_id)
 
-    def _apply_sources(self, loaded: configmod.Loaded) -> None:
+    def _apply_sources(self, loaded: configmod.Loaded, *, reloading: bool = False) -> None:
+        """Start, stop or restart sources to match ``loaded``. At start-up a source that
+        cannot start is fatal; on reload it is logged and the others keep running."""
         wanted = {s.name: s for s in loaded.sources}
         for name in list(self.sources):
             spec = wanted.get(name)
             if spec is None or self._source_specs[name] != (spec.cls, spec.options):
                 self.sources.pop(name).stop()
                 del self._source_specs[name]
+            elif reloading and hasattr(self.sources[name], "reload_tls"):
+                try:
+                    self.sources[name].reload_tls()  # renewed certificates take effect now
+                except Exception as exc:
+                    log.error("TLS certificates not reloaded; the previous ones stay in use",
+                              source=name, error=str(exc))
         for name, spec in wanted.items():
             if name in self.sources:
                 continue
             source = spec.cls(name, spec.options, self.intake)
-            source.start()
+            try:
+                source.start()
+            except Exception as exc:
+                if not reloading:
+                    raise
+                log.error("source could not start", source=name, error=f"{type(exc).__name__}: {exc}")
+                continue
             self.sources[name] = source
             self._source_specs[name] = (spec.cls, spec.options)
 
@@ -308,7 +327,7 @@ class Service:
             self.delivery.apply_config(loaded)
         else:
             self.delivery.apply(runtime.destinations)
-        self._apply_sources(loaded)
+        self._apply_sources(loaded, reloading=True)
         set_level(loaded.config.logging.level)
         log.info("config reloaded", trigger=why, generation=runtime.generation,
                  routes=[r.name for r in runtime.routes], destinations=sorted(runtime.destinations))

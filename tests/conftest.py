@@ -12,18 +12,26 @@ warnings.filterwarnings("ignore", message="One or more download failures occurre
 
 
 def bundled_images() -> list[Path]:
-    """pydicom's bundled images that are valid Part-10 files with distinct SOP Instance UIDs."""
-    import pydicom
-    from pydicom.data import get_testdata_files
+    """pydicom's bundled images (its own test_files and the pydicom-data package) that are
+    valid Part-10 files with distinct SOP Instance UIDs.
 
+    Only files present on disk: ``pydicom.data.get_testdata_files`` would try to download
+    the rest of pydicom-data's repository, and there is no network here.
+    """
+    import pydicom
+    from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
+
+    files = [os.fspath(p) for p in (Path(DATA_ROOT) / "test_files").glob("*.dcm")]
+    for source in external_data_sources().values():
+        files.extend(source.get_paths("*.dcm", DataTypes.DATASET))
     seen, out = set(), []
-    for p in sorted(get_testdata_files("*.dcm")):
+    for p in sorted(files):
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
         except Exception:
             continue
         uid = ds.get("SOPInstanceUID")
-        if not uid or "PixelData" in ds or uid in seen or "truncated" in p:
+        if not uid or uid in seen or "truncated" in p:
             continue
         if not getattr(ds, "file_meta", None) or not ds.file_meta.get("TransferSyntaxUID"):
             continue

@@ -114,7 +114,8 @@ if __name__ == "__main__":
     text = "destinations: {out: {type: folder, path: '%s'}}\\nroutes: [{name: all, to: [out]}]\\n" % (tmp / "out")
     loaded = load_config_text(text, collect(pm))
     proc = DeliveryProcess(loaded, tmp / "spool", 0, pm.hook)
-    print(proc.pid, flush=True)
+    (tmp / "child.tmp").write_text(str(proc.pid))
+    (tmp / "child.tmp").rename(tmp / "child.pid")
     time.sleep(600)
 """
 
@@ -123,9 +124,10 @@ def test_child_exits_when_the_parent_is_killed(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
     Spool(tmp_path / "spool").close()
-    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.DEVNULL)
     try:
-        child = int(parent.stdout.readline())
+        assert wait_until(lambda: (tmp_path / "child.pid").exists(), 60), "the delivery process did not start"
+        child = int((tmp_path / "child.pid").read_text())
         assert _running(child)
         parent.kill()  # kill -9: the child's pipe closes, nothing else tells it
         parent.wait(10)
