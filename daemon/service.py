@@ -300,9 +300,16 @@ class Service:
         self._config_stat = self._stat()
 
     def _config_changed(self) -> bool:
+        """True once the file changed and then stayed the same for one poll: an editor that
+        saves in several writes is not caught half-way (an empty file is a valid config)."""
         st = self._stat()
         if st is None or st == self._config_stat:
+            self._pending_stat = None
             return False
+        if st != getattr(self, "_pending_stat", None):
+            self._pending_stat = st
+            return False
+        self._pending_stat = None
         self._config_stat = st
         try:
             return Path(self.config_path).read_text() != self.loaded.text
@@ -310,6 +317,7 @@ class Service:
             return False
 
     def reload(self, why: str) -> bool:
+        self._remember_config_stat()  # this version of the file is decided now, either way
         try:
             loaded = self.load()
             runtime = build_runtime(loaded, self.registry, self.runtime.generation + 1)

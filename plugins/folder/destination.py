@@ -49,7 +49,15 @@ class FolderDestination(Destination):
         try:
             root.mkdir(parents=True, exist_ok=True)
             real_root = root.resolve()
-            target.parent.mkdir(parents=True, exist_ok=True)
+            # Check every existing folder on the way before creating anything: a symbolic
+            # link below the root must not lead the writes (or a mkdir) out of it.
+            folder = root
+            for part in rel.parts[:-1]:
+                folder = folder / part
+                if folder.is_symlink() and not folder.resolve().is_relative_to(real_root):
+                    raise DeliveryError("destination path leaves the destination root",
+                                        permanent=True)
+                folder.mkdir(exist_ok=True)
             if not target.parent.resolve().is_relative_to(real_root):
                 raise DeliveryError("destination path leaves the destination root", permanent=True)
             tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"

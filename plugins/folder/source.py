@@ -9,6 +9,8 @@ only files unchanged for ``settle`` seconds, in case a writer is still busy.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import fnmatch
 import os
 import threading
@@ -36,6 +38,29 @@ class FolderSourceOptions(Options):
                               description="glob patterns of file names to leave alone")
     settle: Duration = Field(2.0, description="a scan takes files unchanged for this long")
     rescan_interval: Duration = Field(30.0, description="safety-net rescan period")
+
+
+def being_written(path: Path) -> bool:
+    """Does some process on this machine still have ``path`` open for writing?
+
+    A Linux read lease cannot be taken on a file that is open for writing (EAGAIN). A
+    writer that pauses longer than ``settle`` is then not taken half-way by a scan. Where
+    leases are not available (not the file's owner without CAP_LEASE, network file
+    systems), the answer is False and ``settle`` alone decides.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 class _Handler(FileSystemEventHandler):
@@ -108,6 +133,8 @@ class FolderSource(Source):
         try:
             if not path.is_file() or path.is_symlink():
                 return False
+            if being_written(path):
+                return False  # a writer still has it open: its close event brings it back
             self.intake.ingest_file(path, self.facts())
             self._paused = False
             return True
