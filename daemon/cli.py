@@ -67,6 +67,18 @@ def cmd_config_schema(args) -> int:
     return EXIT_OK
 
 
+def cmd_config_reference(args) -> int:
+    from .reference import reference, update_readme
+
+    _, registry = _registry()
+    if args.write:
+        changed = update_readme(Path(args.write), registry)
+        print(f"{args.write}: {'updated' if changed else 'already current'}")
+    else:
+        print(reference(registry), end="")
+    return EXIT_OK
+
+
 def cmd_config_default(args) -> int:
     print(configmod.embedded_default_text(), end="")
     return EXIT_OK
@@ -297,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub = s.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     csub.add_parser("schema", help="print the config's JSON Schema").set_defaults(func=cmd_config_schema)
     csub.add_parser("default", help="print the embedded default config").set_defaults(func=cmd_config_default)
+    r = csub.add_parser("reference", help="print the configuration reference (Markdown), every key")
+    r.add_argument("--write", metavar="README", help="update the generated section of this file instead")
+    r.set_defaults(func=cmd_config_reference)
     s = sub.add_parser("plugins", help="list loaded plugins and what they provide")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plugins)

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivered_at REAL
 );
 CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (destination, state, id);
+CREATE INDEX IF NOT EXISTS deliveries_arrival ON deliveries (destination, state, job_id, id);
 CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -322,10 +323,12 @@ class Spool:
 
     # -- delivery ----------------------------------------------------------------------
     def next_delivery(self, destination: str, exclude: set[int] = frozenset()) -> Delivery | None:
-        """The oldest pending delivery for ``destination`` (due or not), skipping ``exclude``."""
+        """The pending delivery for ``destination`` of the earliest received job (due or
+        not), skipping ``exclude``: objects go out in order of arrival, even when parallel
+        processing workers routed them in another order."""
         rows = self._conn().execute(
             "SELECT d.*, j.received_at FROM deliveries d JOIN jobs j ON j.id = d.job_id"
-            " WHERE d.destination=? AND d.state='pending' ORDER BY d.id LIMIT ?",
+            " WHERE d.destination=? AND d.state='pending' ORDER BY d.job_id, d.id LIMIT ?",
             (destination, len(exclude) + 1),
         ).fetchall()
         for row in rows:

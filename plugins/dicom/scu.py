@@ -1,10 +1,681 @@
-"""The DICOM network destination (placeholder: being written)."""
+"""The DICOM network destination: C-STORE to a remote node (pynetdicom SCU).
 
+Associations are kept open and reused: one per sending thread (the destination's
+``parallel`` worker threads), so concurrent ``send`` calls never share one. An
+association is re-opened after an abort, a release by the peer, ``idle_timeout`` without
+traffic, or when an object needs a presentation context it did not propose.
+
+Presentation contexts: every context carries exactly one transfer syntax, so the peer
+answers for each syntax separately. For every SOP class this destination has seen, an
+association proposes both uncompressed little-endian syntaxes (the ``transfer_syntax``
+preference first) plus each other syntax that objects of that class arrived in. The set
+is remembered per destination, most recently used first, and cut at DICOM's limit of 128
+contexts (the current object's contexts always go in).
+
+Sending: when the peer accepted the file's own transfer syntax, the file is sent as it is
+(chunked, no decode/re-encode). Otherwise the object is converted to an accepted
+uncompressed syntax: compressed pixel data is decompressed (pydicom with the pylibjpeg
+plugins), big endian is swapped to little endian, explicit/implicit VR is re-encoded.
+A file that pydicom reads but a peer would not (data set encoded otherwise than its
+transfer syntax says, file meta UIDs that differ from the data set's, an odd length) is
+re-encoded too, keeping its compressed pixel data.
+
+Response statuses: see :func:`classify_status`. Failures of the association itself
+(refused, rejected, aborted, timeouts, TLS) are retryable: they concern the destination,
+not the object, so the objects wait in order until it works again.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import socket
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import structlog
+from pydantic import Field, field_validator, model_validator
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from pacsguard.daemon.errors import DeliveryError
 from pacsguard.daemon.extension import Destination, Options
+from pacsguard.daemon.item import uid_hash
+from pacsguard.daemon.units import AbsPath, Duration
+
+from . import tls as tlsmod
+from ._pynetdicom import configure
+
+log = structlog.get_logger("pacsguard.dicom")
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+MAX_CONTEXTS = 128  # presentation context IDs are odd numbers 1..255 (PS3.8 9.3.2.2)
+_MAX_SOP_CLASSES = 512  # bound on the per-destination memory of seen SOP classes
+
+# --- options ----------------------------------------------------------------------------
+
+
+def _ae_title(v: str) -> str:
+    v = v.strip()
+    if not 1 <= len(v) <= 16:
+        raise ValueError("an AE title has 1 to 16 characters")
+    if "\\" in v or any(ord(c) < 32 or ord(c) > 126 for c in v):
+        raise ValueError("an AE title holds printable ASCII characters other than backslash")
+    return v
+
+
+class Timeouts(Options):
+    connect: Duration = Field(10.0, description="TCP connection set-up")
+    acse: Duration = Field(30.0, description="waiting for the answer to an association request or release")
+    dimse: Duration = Field(60.0, description="waiting for the response to a C-STORE or C-ECHO")
+    network: Duration = Field(60.0, description="silence on an open connection before it is dropped")
+
+
+class DicomTLSOptions(Options):
+    """DICOM over TLS to the remote node (PS3.15 Annex B), TLS 1.2 or newer."""
+
+    ca: Optional[AbsPath] = Field(
+        None, description="CA certificates (PEM) the server certificate must chain to; absent: the system trust store")
+    cert: Optional[AbsPath] = Field(
+        None, description="client certificate (PEM, then any intermediates), for servers that require one")
+    key: Optional[tlsmod.SecretPath] = Field(
+        None, description="the client certificate's private key (PEM): a path, or credential:NAME for a systemd "
+                          "credential")
+    key_password_file: Optional[tlsmod.SecretPath] = Field(
+        None, description="file whose first line is the key's password (never inline; path or credential:NAME)")
+    server_name: Optional[str] = Field(
+        None, description="name the server certificate must carry (default: host)")
+    min_version: tlsmod.TlsVersion = Field("1.2", description="oldest TLS version used")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both cert and key, or neither")
+        if self.key_password_file is not None and self.key is None:
+            raise ValueError("key_password_file needs key")
+        for label, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key),
+                            ("key_password_file", self.key_password_file)):
+            if path is not None and not tlsmod.is_credential(path) and not Path(path).is_file():
+                raise ValueError(f"{label}: file {path} does not exist")
+        return self
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.ca, self.cert, self.key, self.key_password_file) if p is not None]
+
+    def build(self) -> ssl.SSLContext:
+        return tlsmod.client_context(ca=self.ca, cert=self.cert, key=self.key,
+                                     key_password_file=self.key_password_file, min_version=self.min_version)
+
+
+class DicomDestinationOptions(Options):
+    """A remote DICOM node that receives objects by C-STORE."""
+
+    ae_title: str = Field(description="called AE title of the remote node")
+    host: str = Field(min_length=1, description="host name or address of the remote node")
+    port: int = Field(ge=1, le=65535, description="DICOM port of the remote node")
+    calling_ae: str = Field("PACSGUARD", description="our AE title, as the remote node sees it")
+    timeouts: Timeouts = Field(Timeouts(), description="connect, acse, dimse and network timeouts")
+    max_pdu: int = Field(16382, ge=0, description="largest PDU we accept from the peer, in bytes (0: no limit)")
+    idle_timeout: Duration = Field(
+        10.0, description="release an association after this long without traffic (0: after every object)")
+    transfer_syntax: Optional[str] = Field(
+        None, description="uncompressed syntax to convert to when the peer does not accept an object's own: "
+                          "ExplicitVRLittleEndian (default) or ImplicitVRLittleEndian, by name or UID")
+    tls: Optional[DicomTLSOptions] = Field(None, description="TLS 1.2+ to the remote node")
+
+    @field_validator("ae_title", "calling_ae")
+    @classmethod
+    def _ae(cls, v):
+        return _ae_title(v)
+
+    @field_validator("max_pdu")
+    @classmethod
+    def _pdu(cls, v):
+        if 0 < v < 4096:
+            raise ValueError("max_pdu is 0 (no limit) or at least 4096")
+        return v
+
+    @field_validator("transfer_syntax")
+    @classmethod
+    def _syntax(cls, v):
+        if v is None:
+            return v
+        for uid in UNCOMPRESSED:
+            if v.strip() in (uid, uid.keyword, uid.name):
+                return str(uid)
+        raise ValueError("transfer_syntax must be ExplicitVRLittleEndian or ImplicitVRLittleEndian (name or UID)")
+
+    @property
+    def preferred_syntaxes(self) -> tuple[UID, UID]:
+        """The uncompressed syntaxes in order of preference."""
+        first = UID(self.transfer_syntax or ExplicitVRLittleEndian)
+        return (first, next(u for u in UNCOMPRESSED if u != first))
+
+
+# --- C-STORE response statuses --------------------------------------------------------------
+
+SUCCESS, WARNING, DUPLICATE, RETRY, PERMANENT = "success", "warning", "duplicate", "retry", "permanent"
+
+# Failures that say the object itself is wrong for this peer: resending cannot help.
+_PERMANENT = {0x0105, 0x0106, 0x0112, 0x0113, 0x0114, 0x0115, 0x0117, 0x0118, 0x0119, 0x0120,
+              0x0121, 0x0122, 0x0123, 0x0211, 0x0212}
+
+
+def status_meaning(code: int) -> str:
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
+
+    meaning = STORAGE_SERVICE_CLASS_STATUS.get(code, (None, ""))[1]
+    if meaning:
+        return meaning
+    category = code_to_category(code)
+    return f"{category.lower()} status" if category != "Unknown" else "unknown status"
+
+
+def classify_status(code: int) -> str:
+    """What a C-STORE response status means for delivery.
+
+    success/warning: delivered (warnings are logged); duplicate (0x0111): the peer
+    already holds this SOP instance (delivery is at-least-once), delivered; permanent: the
+    peer refuses this object for good (SOP class not supported, data set does not match
+    the SOP class, cannot understand, ...); retry: anything else, including out of
+    resources (0xA7xx), processing failure, not authorised (a property of the caller, not
+    of the object: fixed at the peer, then everything flows) and unknown codes.
+    """
+    from pynetdicom.status import code_to_category
+
+    if code == 0x0000:
+        return SUCCESS
+    if code == 0x0111:
+        return DUPLICATE
+    category = code_to_category(code)
+    if category == "Warning":
+        return WARNING
+    if code in _PERMANENT or 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF:
+        return PERMANENT
+    return RETRY
+
+
+# --- conversion -----------------------------------------------------------------------------
+
+_WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+_TYPECODE = {array.array(c).itemsize: c for c in "QLIH"}  # unsigned type of each size
+
+
+def _swap_words(elem) -> None:
+    size = _WORD_SIZE.get(elem.VR)
+    if size and isinstance(elem.value, (bytes, bytearray)) and len(elem.value) % size == 0:
+        words = array.array(_TYPECODE[size])
+        words.frombytes(elem.value)
+        words.byteswap()
+        elem.value = words.tobytes()
+
+
+def _reencoded(path: Path, target: UID):
+    """The object at ``path`` as a dataset for pynetdicom to encode in ``target``.
+
+    ``target`` is either the file's own (compressed) syntax — the file is re-encoded
+    around its pixel data, to repair a data set that does not match its transfer syntax —
+    or an uncompressed little-endian syntax: compressed pixel data is decompressed, big
+    endian is swapped (pydicom converts numeric VRs when writing, but leaves
+    OW/OF/OL/OD/OV bytes alone and refuses to change endianness itself).
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:
+        raise DeliveryError(f"cannot read the object to re-encode it ({type(exc).__name__})", permanent=True) from None
+    meta = getattr(ds, "file_meta", None)
+    own = meta.get("TransferSyntaxUID") if meta is not None else None
+    if own is not None and own.is_compressed and not target.is_compressed:
+        try:
+            ds.decompress(generate_instance_uid=False)  # the same object, in another encoding
+        except Exception as exc:
+            raise DeliveryError(
+                f"the peer accepts this SOP class only uncompressed, and {own.name} pixel data could not be "
+                f"decompressed ({type(exc).__name__}; are the codecs installed: pip install pacsguard[codecs])",
+                permanent=True) from None
+    swap = ds.original_encoding[1] is False and target.is_little_endian
+    for elem in ds.iterall():  # every element to a value, so that nothing is copied raw
+        if swap:
+            _swap_words(elem)
+    if meta is None:
+        from pydicom.dataset import FileMetaDataset
+
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = target
+    for kw in ("SOPClassUID", "SOPInstanceUID"):  # what the C-STORE command will carry
+        if kw in ds:
+            setattr(ds.file_meta, f"MediaStorage{kw}", ds[kw].value)
+    ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian, ds.original_character_set)
+    return ds
+
+
+def _sound(path: Path, header, own: Optional[UID]) -> bool:
+    """Whether the file can go out byte for byte as ``own``.
+
+    pydicom reads many flaws leniently; peers do not. The C-STORE command takes the SOP
+    UIDs from the file meta, so they must match the data set's; the data set must be
+    encoded as its transfer syntax says; and its length must be even (dcmtk-based peers
+    refuse an odd last fragment, which unpadded deflated streams have).
+    """
+    meta = getattr(header, "file_meta", None)
+    if own is None or meta is None:
+        return False
+    if (meta.get("MediaStorageSOPClassUID") != header.get("SOPClassUID")
+            or meta.get("MediaStorageSOPInstanceUID") != header.get("SOPInstanceUID")):
+        return False
+    for tag in header.keys():
+        raw = header.get_item(tag)  # raw elements remember how they were actually read
+        if getattr(raw, "is_implicit_VR", None) is not None:
+            if (raw.is_implicit_VR, raw.is_little_endian) != (own.is_implicit_VR, own.is_little_endian):
+                return False
+            break
+    from pynetdicom.dsutils import split_dataset
+
+    try:
+        _, offset = split_dataset(path)
+        return (path.stat().st_size - offset) % 2 == 0
+    except Exception:
+        return False
+
+
+# --- associations ---------------------------------------------------------------------------
+
+
+class _Lost(Exception):
+    """The association broke during a C-STORE (no response)."""
+
+    def __init__(self, reason: str, *, stale: bool):
+        super().__init__(reason)
+        self.reason = reason
+        #: it failed at once: the association was most likely dead before we used it
+        self.stale = stale
+
+
+@dataclass
+class _Link:
+    """One sending thread's association (or none)."""
+
+    owner: threading.Thread
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    assoc: object = None
+    number: int = 0
+    proposed: frozenset = frozenset()  # {(sop class, transfer syntax)}
+    accepted: dict = field(default_factory=dict)  # sop class -> {transfer syntax}
+    last_used: float = 0.0
+    sent: int = 0
+    msg_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def next_msg_id(self) -> int:
+        return (next(self.msg_ids) - 1) % 65535 + 1
+
+
+def _identify(header) -> tuple[str, str, Optional[UID]]:
+    """SOP Class and Instance UID (the data set's, which the file meta should repeat) and
+    the file's transfer syntax."""
+    meta = getattr(header, "file_meta", None)
+    sop_class = header.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    sop_instance = header.get("SOPInstanceUID") or \
+        (meta.get("MediaStorageSOPInstanceUID") if meta is not None else None)
+    if not sop_class or not sop_instance:
+        raise DeliveryError("the object has no SOP Class or SOP Instance UID", permanent=True)
+    own = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(sop_class), str(sop_instance), UID(own) if own else None
+
+
+def _sop_name(uid: str) -> str:
+    name = UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
 
 
 class DicomDestination(Destination):
-    """C-STORE objects to a remote DICOM node."""
+    """C-STORE objects to a remote DICOM node (reused associations, TLS, decompression)."""
 
     name = "dicom"
-    Options = Options
+    Options = DicomDestinationOptions
+
+    def __init__(self, name: str, options: DicomDestinationOptions):
+        super().__init__(name, options)
+        configure()
+        self._tls: tlsmod.ReloadingContext | None = None  # rebuilt when the certificate files change
+        self._server_name = None
+        if options.tls is not None:
+            self._tls = tlsmod.ReloadingContext(options.tls.build, options.tls.files(),
+                                                label=f"destination {name}")
+            self._server_name = options.tls.server_name or options.host
+        self._lock = threading.Lock()
+        self._links: dict[int, _Link] = {}
+        self._seen: OrderedDict[str, list[UID]] = OrderedDict()
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+        #: associations opened so far (for status and tests)
+        self.associations_opened = 0
+
+    @property
+    def peer(self) -> str:
+        return f"{self.options.ae_title}@{self.options.host}:{self.options.port}"
+
+    # -- the Destination contract -----------------------------------------------------------
+
+    def send(self, path: Path, header) -> None:
+        sop_class, sop_instance, own = _identify(header)
+        self._remember(sop_class, own)
+        link = self._link()
+        with link.lock:
+            for attempt in (1, 2):
+                fresh = self._ensure(link, sop_class, own)
+                try:
+                    status = self._store(link, Path(path), header, sop_class, own)
+                    break
+                except _Lost as lost:
+                    self._drop(link, "aborted", lost.reason)
+                    # A reused association may have died unnoticed (peer restarted, idle
+                    # close): if it failed at once, try once more on a fresh one.
+                    if fresh or not lost.stale or attempt == 2:
+                        raise DeliveryError(lost.reason) from None
+            link.last_used = time.monotonic()
+            link.sent += 1
+            if self.options.idle_timeout == 0:
+                self._drop(link, "released", "idle_timeout is 0")
+        self._judge(status, sop_instance)
+
+    def close(self) -> None:
+        self._stop.set()
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join(timeout=5)
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links:
+            if link.lock.acquire(timeout=self.options.timeouts.dimse + self.options.timeouts.acse):
+                try:
+                    self._drop(link, "released", "destination closed")
+                finally:
+                    link.lock.release()
+        self._stop.clear()
+
+    # -- C-ECHO (pacsguard echo) ------------------------------------------------------------
+
+    def echo(self) -> dict:
+        """C-ECHO on a fresh association. Returns timings in seconds; DeliveryError on failure."""
+        from pynetdicom.sop_class import Verification
+
+        t0 = time.perf_counter()
+        assoc = self._associate([(Verification, ExplicitVRLittleEndian), (Verification, ImplicitVRLittleEndian)])
+        t1 = time.perf_counter()
+        try:
+            status = assoc.send_c_echo()
+            t2 = time.perf_counter()
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            elif not assoc.is_aborted:
+                assoc.abort()
+        t3 = time.perf_counter()
+        if "Status" not in status:
+            raise DeliveryError(f"no C-ECHO response from {self.peer}")
+        if status.Status != 0x0000:
+            raise DeliveryError(f"C-ECHO answered with status 0x{status.Status:04X} ({status_meaning(status.Status)})")
+        return {"associate_s": t1 - t0, "echo_s": t2 - t1, "release_s": t3 - t2, "total_s": t3 - t0}
+
+    # -- per-thread associations ------------------------------------------------------------
+
+    def _link(self) -> _Link:
+        me = threading.current_thread()
+        orphan = None
+        with self._lock:
+            link = self._links.get(me.ident)
+            if link is None or link.owner is not me:  # a thread id can be reused
+                orphan, link = link, _Link(owner=me)
+                self._links[me.ident] = link
+            if self._reaper is None and self.options.idle_timeout > 0:
+                self._reaper = threading.Thread(target=self._reap, name=f"dicom-idle-{self.destination_name}",
+                                                daemon=True)
+                self._reaper.start()
+        if orphan is not None:
+            with orphan.lock:
+                self._drop(orphan, "released", "thread ended")
+        return link
+
+    def _reap(self) -> None:
+        """Release associations idle for ``idle_timeout``, and those of finished threads."""
+        idle = self.options.idle_timeout
+        while not self._stop.wait(min(max(idle / 4, 0.05), 1.0)):
+            with self._lock:
+                links = list(self._links.items())
+            now = time.monotonic()
+            for ident, link in links:
+                if not link.lock.acquire(blocking=False):
+                    continue  # sending right now
+                try:
+                    gone = not link.owner.is_alive()
+                    if link.assoc is not None and (gone or now - link.last_used >= idle):
+                        self._drop(link, "released", "thread ended" if gone else "idle")
+                    if gone:
+                        with self._lock:
+                            if self._links.get(ident) is link:
+                                del self._links[ident]
+                finally:
+                    link.lock.release()
+
+    def _remember(self, sop_class: str, own: Optional[UID]) -> None:
+        with self._lock:
+            syntaxes = self._seen.get(sop_class)
+            if syntaxes is None:
+                syntaxes = self._seen[sop_class] = []
+                while len(self._seen) > _MAX_SOP_CLASSES:
+                    self._seen.popitem(last=False)
+            self._seen.move_to_end(sop_class)
+            if own is not None and own not in UNCOMPRESSED and own not in syntaxes:
+                syntaxes.append(own)
+
+    def _proposal(self, sop_class: str) -> list[tuple[str, UID]]:
+        """(SOP class, transfer syntax) pairs for a new association: ``sop_class`` first,
+        then the others most recently used first, up to 128."""
+        preferred = self.options.preferred_syntaxes
+        with self._lock:
+            order = [sop_class] + [s for s in reversed(self._seen) if s != sop_class]
+            groups = [[(s, ts) for ts in (*preferred, *self._seen.get(s, ()))] for s in order]
+        pairs: list[tuple[str, UID]] = []
+        for group in groups:
+            if len(pairs) + len(group) <= MAX_CONTEXTS:
+                pairs.extend(group)
+        return pairs
+
+    def _ensure(self, link: _Link, sop_class: str, own: Optional[UID]) -> bool:
+        """Make sure ``link`` has an association that proposed (sop_class, own). True if new."""
+        assoc = link.assoc
+        if assoc is not None and not assoc.is_established:
+            why = "aborted" if assoc.is_aborted else "released"
+            self._drop(link, why, "closed by the peer or the network")
+        wanted = (sop_class, own if own is not None else self.options.preferred_syntaxes[0])
+        if link.assoc is not None and wanted in link.proposed:
+            return False
+        if link.assoc is not None:
+            self._drop(link, "released", "new presentation context needed")
+        pairs = self._proposal(sop_class)
+        assoc = self._associate(pairs, current=sop_class)
+        link.assoc, link.proposed, link.sent = assoc, frozenset(pairs), 0
+        link.accepted = {}
+        for cx in assoc.accepted_contexts:
+            link.accepted.setdefault(str(cx.abstract_syntax), set()).add(UID(cx.transfer_syntax[0]))
+        link.last_used = time.monotonic()
+        with self._lock:
+            self.associations_opened += 1
+            link.number = self.associations_opened
+        log.info("association opened", destination=self.destination_name, peer_ae=self.options.ae_title,
+                 host=self.options.host, port=self.options.port, tls=self._tls is not None,
+                 association=link.number, proposed=len(pairs), accepted=len(assoc.accepted_contexts))
+        return True
+
+    def _associate(self, pairs, current: Optional[str] = None):
+        """Open an association proposing ``pairs``; DeliveryError (with a clear reason) if not."""
+        from pynetdicom import AE, build_context, evt
+
+        o = self.options
+        ae = AE(ae_title=o.calling_ae)
+        ae.connection_timeout = o.timeouts.connect
+        ae.acse_timeout = o.timeouts.acse
+        ae.dimse_timeout = o.timeouts.dimse
+        ae.network_timeout = o.timeouts.network
+        answer = {}
+
+        def on_open(event):
+            answer["connected"] = True
+            try:
+                event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (AttributeError, OSError):
+                pass
+
+        def on_acse(event):
+            answer.setdefault("primitives", []).append(event.primitive)
+
+        contexts = [build_context(sop, [ts]) for sop, ts in pairs]
+        ssl_context = self._tls.get() if self._tls is not None else None
+        started = time.monotonic()
+        assoc = ae.associate(o.host, o.port, contexts=contexts, ae_title=o.ae_title, max_pdu=o.max_pdu,
+                             tls_args=(ssl_context, self._server_name) if ssl_context is not None else None,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)])
+        if assoc.is_established:
+            return assoc
+        received = answer.get("primitives", [])
+        # The A-ASSOCIATE answer (AC or RJ), if one came before an abort or the close.
+        rsp = next((p for p in received if getattr(p, "result", None) is not None), None)
+        if rsp is not None and rsp.result in (0x01, 0x02):
+            reason = (f"association rejected by {self.peer}: {rsp.result_str.lower()}, "
+                      f"{rsp.source_str.lower()}: {rsp.reason_str.lower()}")
+        elif assoc.is_aborted and rsp is not None and rsp.result == 0x00:
+            # Accepted, but with no presentation context: pynetdicom aborted it.
+            if current is not None:
+                raise DeliveryError(f"{self.peer} does not support {_sop_name(current)} "
+                                    f"(every presentation context was rejected)", permanent=True)
+            reason = f"{self.peer} rejected every presentation context"
+        elif not answer.get("connected") and time.monotonic() - started >= o.timeouts.connect * 0.95:
+            reason = (f"no connection to {o.host}:{o.port} within {o.timeouts.connect:g}s"
+                      + (" (TCP or TLS handshake)" if ssl_context is not None else ""))
+        elif not answer.get("connected"):
+            reason = self._diagnose(ssl_context)
+        elif rsp is None and time.monotonic() - started >= o.timeouts.acse * 0.95:
+            reason = f"no answer from {self.peer} to the association request within {o.timeouts.acse:g}s"
+        else:  # also a rejection whose PDU pynetdicom lost to the connection close (rare)
+            reason = f"association with {self.peer} aborted or connection closed during negotiation"
+            if ssl_context is not None:
+                reason += " (over TLS: the server may have refused our client certificate)"
+        log.warning("association failed", destination=self.destination_name, peer_ae=o.ae_title,
+                    host=o.host, port=o.port, reason=reason)
+        raise DeliveryError(reason)
+
+    def _diagnose(self, ssl_context: Optional[ssl.SSLContext]) -> str:
+        """Why the transport connection failed (pynetdicom only logs it): probe once."""
+        o = self.options
+        where = f"{o.host}:{o.port}"
+        try:
+            sock = socket.create_connection((o.host, o.port), timeout=o.timeouts.connect)
+        except ConnectionRefusedError:
+            return f"connection refused by {where} ({o.ae_title} is not listening)"
+        except socket.timeout:
+            return f"no connection to {where} within {o.timeouts.connect:g}s"
+        except OSError as exc:
+            return f"cannot connect to {where}: {exc.strerror or type(exc).__name__}"
+        with sock:
+            if ssl_context is None:
+                return f"connection to {where} failed, then worked on a second try (transient)"
+            try:
+                with ssl_context.wrap_socket(sock, server_hostname=self._server_name) as tls:
+                    tls.settimeout(0.5)  # TLS 1.3 servers refuse a client certificate after the handshake
+                    if tls.recv(1) == b"":
+                        return f"{where} closed the TLS connection (it may have refused our client certificate)"
+            except socket.timeout:
+                pass
+            except ssl.SSLCertVerificationError as exc:
+                return f"TLS: the certificate of {where} was not accepted ({exc.verify_message})"
+            except ssl.SSLError as exc:
+                return f"TLS handshake with {where} failed ({exc.reason or type(exc).__name__})"
+            except OSError as exc:
+                return f"TLS handshake with {where} failed ({exc.strerror or type(exc).__name__})"
+            return f"TLS connection to {where} failed, then worked on a second try (transient)"
+
+    def _drop(self, link: _Link, how: str, why: str) -> None:
+        """Release (or abort) ``link``'s association, if any. The caller holds ``link.lock``."""
+        assoc, link.assoc = link.assoc, None
+        link.proposed, link.accepted = frozenset(), {}
+        if assoc is None:
+            return
+        if assoc.is_established:
+            if how == "aborted":
+                assoc.abort()
+            else:
+                assoc.release()
+                if assoc.is_established:  # no A-RELEASE-RP within the ACSE timeout
+                    assoc.abort()
+                    how = "aborted"
+        event = "association aborted" if how == "aborted" else "association released"
+        (log.warning if how == "aborted" else log.info)(
+            event, destination=self.destination_name, peer_ae=self.options.ae_title,
+            association=link.number, requests=link.sent, reason=why)
+
+    # -- one C-STORE ---------------------------------------------------------------------------
+
+    def _store(self, link: _Link, path: Path, header, sop_class: str, own: Optional[UID]):
+        accepted = link.accepted.get(sop_class, set())
+        if own in accepted and _sound(path, header, own):
+            payload = path  # fast path: the file's bytes as they are
+        else:
+            if own in accepted and not own.is_deflated:
+                target = own  # re-encode around the (compressed) pixel data
+            else:
+                target = next((ts for ts in self.options.preferred_syntaxes if ts in accepted), None)
+            if target is None:
+                if not accepted:
+                    raise DeliveryError(f"{self.peer} does not support {_sop_name(sop_class)} "
+                                        f"(presentation context rejected)", permanent=True)
+                names = ", ".join(sorted(UID(t).name for t in accepted))
+                raise DeliveryError(f"{self.peer} accepts {_sop_name(sop_class)} only as {names}; "
+                                    f"cannot convert from {own.name if own else 'a file without meta'}",
+                                    permanent=True)
+            payload = _reencoded(path, target)
+            log.info("object re-encoded for the peer", destination=self.destination_name,
+                     from_syntax=own.name if own else None, to_syntax=target.name)
+        started = time.monotonic()
+        try:
+            status = link.assoc.send_c_store(payload, msg_id=link.next_msg_id())
+        except (AttributeError, ValueError) as exc:
+            # Missing file meta / no usable context / encoding failure: the object, not the peer.
+            raise DeliveryError(f"cannot send the object ({type(exc).__name__}: {_first_line(exc)})",
+                                permanent=True) from None
+        except RuntimeError:
+            raise _Lost(f"association with {self.peer} closed before the C-STORE", stale=True) from None
+        except OSError as exc:
+            raise DeliveryError(f"cannot read the spooled file ({exc.strerror or type(exc).__name__})") from None
+        if "Status" not in status:
+            elapsed = time.monotonic() - started
+            if elapsed >= self.options.timeouts.dimse * 0.95:
+                raise _Lost(f"no C-STORE response from {self.peer} within {self.options.timeouts.dimse:g}s",
+                            stale=False)
+            raise _Lost(f"association with {self.peer} aborted or connection lost during C-STORE",
+                        stale=elapsed < 1.0)
+        return int(status.Status)
+
+    def _judge(self, code: int, sop_instance: str) -> None:
+        kind = classify_status(code)
+        text = f"status 0x{code:04X} ({status_meaning(code)})"
+        if kind == SUCCESS:
+            return
+        if kind in (WARNING, DUPLICATE):
+            log.warning("C-STORE delivered with a warning" if kind == WARNING else "peer already holds the object",
+                        destination=self.destination_name, peer_ae=self.options.ae_title,
+                        status=f"0x{code:04X}", meaning=status_meaning(code), sop=uid_hash(sop_instance))
+            return
+        if kind == PERMANENT:
+            raise DeliveryError(f"{self.peer} refused the object: {text}", permanent=True)
+        raise DeliveryError(f"{self.peer} could not store the object now: {text}")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else ""

@@ -162,9 +162,9 @@ class Down(Destination):
         raise DeliveryError("association rejected by peer", permanent=self.permanent)
 
 
-def test_worker_delivers_pending_in_order_of_delivery_id(spool, pm, rec, tmp_path, workers):
-    jobs = queue_jobs(spool, tmp_path, 4, reverse=True)
-    expected_order = list(reversed(jobs))
+def test_worker_delivers_pending_in_order_of_arrival(spool, pm, rec, tmp_path, workers):
+    jobs = queue_jobs(spool, tmp_path, 4, reverse=True)  # routed last-received first
+    expected_order = sorted(jobs)  # sent in the order they were received
     dest, dspec = folder_destination(pm, tmp_path / "outbound")
     worker = DestinationWorker("out", dest, dspec, spool, pm.hook)
     workers.append(worker)

@@ -184,21 +184,21 @@ def test_route_job_creates_pending_deliveries(spool, tmp_path):
     assert spool.queue_depths() == (0, {"a": 1, "b": 1})
 
 
-def test_next_delivery_is_oldest_pending_by_id_and_honours_exclude(spool, tmp_path):
+def test_next_delivery_is_earliest_received_and_honours_exclude(spool, tmp_path):
     jobs = [ingest(spool, tmp_path) for _ in range(3)]
-    for job_id in reversed(jobs):  # delivery ids in the reverse order of job ids
+    for job_id in reversed(jobs):  # routed in the reverse order of arrival
         spool.route_job(job_id, [("r", "a", spool.get_job(job_id).path)], None)
 
     first = spool.next_delivery("a")
-    assert first.job_id == jobs[2]
+    assert first.job_id == jobs[0]
     second = spool.next_delivery("a", exclude={first.id})
     third = spool.next_delivery("a", exclude={first.id, second.id})
-    assert [second.job_id, third.job_id] == [jobs[1], jobs[0]]
-    assert first.id < second.id < third.id
+    assert [second.job_id, third.job_id] == [jobs[1], jobs[2]]
+    assert first.id > second.id > third.id  # delivery ids follow routing, not arrival
     assert spool.next_delivery("a", exclude={first.id, third.id}).id == second.id
     assert spool.next_delivery("a", exclude={first.id, second.id, third.id}) is None
     assert spool.next_delivery("other") is None
-    # not due yet is still the oldest (deliveries go out in order)
+    # not due yet is still the first (deliveries go out in order)
     spool.delivery_failed(first.id, "down", time.time() + 3600)
     assert spool.next_delivery("a").id == first.id
 
