@@ -28,10 +28,10 @@ import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import BinaryIO
 
 import structlog
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pacsguard.daemon.extension import Options, Source
 from pacsguard.daemon.item import uid_hash
@@ -40,6 +40,7 @@ from pacsguard.daemon.spool import SpoolFull
 from pacsguard.daemon.units import AbsPath, Duration, Size
 
 from . import tls as tlsmod
+from .aetitle import AETitle
 from ._pynetdicom import configure
 
 log = structlog.get_logger("pacsguard.dicom")
@@ -89,20 +90,6 @@ def transfer_syntaxes() -> list[str]:
 # --- options ---------------------------------------------------------------------------
 
 
-def _ae_title(value):
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise ValueError("an AE title is text")
-    title = value.strip()
-    if not 1 <= len(title) <= 16:
-        raise ValueError("an AE title has 1 to 16 characters (leading and trailing spaces do not count)")
-    if any(not (0x20 <= ord(c) <= 0x7E) or c == "\\" for c in title):
-        raise ValueError("an AE title uses printable ASCII characters other than backslash")
-    return title
-
-
-AETitle = Annotated[str, BeforeValidator(_ae_title)]
 
 _HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
 

@@ -49,6 +49,7 @@ from pacsguard.daemon.units import AbsPath, Duration
 
 from . import tls as tlsmod
 from ._pynetdicom import configure
+from .aetitle import AETitle
 
 log = structlog.get_logger("pacsguard.dicom")
 
@@ -57,15 +58,6 @@ MAX_CONTEXTS = 128  # presentation context IDs are odd numbers 1..255 (PS3.8 9.3
 _MAX_SOP_CLASSES = 512  # bound on the per-destination memory of seen SOP classes
 
 # --- options ----------------------------------------------------------------------------
-
-
-def _ae_title(v: str) -> str:
-    v = v.strip()
-    if not 1 <= len(v) <= 16:
-        raise ValueError("an AE title has 1 to 16 characters")
-    if "\\" in v or any(ord(c) < 32 or ord(c) > 126 for c in v):
-        raise ValueError("an AE title holds printable ASCII characters other than backslash")
-    return v
 
 
 class Timeouts(Options):
@@ -114,10 +106,10 @@ class DicomTLSOptions(Options):
 class DicomDestinationOptions(Options):
     """A remote DICOM node that receives objects by C-STORE."""
 
-    ae_title: str = Field(description="called AE title of the remote node")
+    ae_title: AETitle = Field(description="called AE title of the remote node")
     host: str = Field(min_length=1, description="host name or address of the remote node")
     port: int = Field(ge=1, le=65535, description="DICOM port of the remote node")
-    calling_ae: str = Field("PACSGUARD", description="our AE title, as the remote node sees it")
+    calling_ae: AETitle = Field("PACSGUARD", description="our AE title, as the remote node sees it")
     timeouts: Timeouts = Field(Timeouts(), description="connect, acse, dimse and network timeouts")
     max_pdu: int = Field(16382, ge=0, description="largest PDU we accept from the peer, in bytes (0: no limit)")
     idle_timeout: Duration = Field(
@@ -126,11 +118,6 @@ class DicomDestinationOptions(Options):
         None, description="uncompressed syntax to convert to when the peer does not accept an object's own: "
                           "ExplicitVRLittleEndian (default) or ImplicitVRLittleEndian, by name or UID")
     tls: Optional[DicomTLSOptions] = Field(None, description="TLS 1.2+ to the remote node")
-
-    @field_validator("ae_title", "calling_ae")
-    @classmethod
-    def _ae(cls, v):
-        return _ae_title(v)
 
     @field_validator("max_pdu")
     @classmethod
