@@ -48,7 +48,7 @@ from pacsguard.daemon.item import uid_hash
 from pacsguard.daemon.units import AbsPath, Duration
 
 from . import tls as tlsmod
-from ._pynetdicom import configure
+from ._pynetdicom import configure, keep_responses
 from .aetitle import AETitle
 
 log = structlog.get_logger("pacsguard.dicom")
@@ -529,6 +529,7 @@ class DicomDestination(Destination):
                              tls_args=(ssl_context, self._server_name) if ssl_context is not None else None,
                              evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)])
         if assoc.is_established:
+            keep_responses(assoc)
             return assoc
         received = answer.get("primitives", [])
         # The A-ASSOCIATE answer (AC or RJ), if one came before an abort or the close.
