@@ -154,7 +154,12 @@ class Spool:
             else:
                 conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
+                # NORMAL: in WAL mode a commit is atomic and consistent, and becomes
+                # durable at the next fsync of the WAL. Only intake needs a commit to be
+                # durable before it returns (the object is acknowledged next): _record
+                # commits with synchronous=FULL. Losing the last routing or delivery
+                # updates to a power cut means re-processing or re-sending: at-least-once.
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
@@ -173,6 +178,21 @@ class Spool:
 
     def _tx(self):
         return self._Tx(self._conn())
+
+    def _durable_tx(self):
+        """A transaction whose commit is on disk when it returns (synchronous=FULL)."""
+        return self._DurableTx(self._conn())
+
+    class _DurableTx(_Tx):
+        def __enter__(self):
+            self.conn.execute("PRAGMA synchronous=FULL")
+            return super().__enter__()
+
+        def __exit__(self, exc_type, *rest):
+            try:
+                super().__exit__(exc_type, *rest)
+            finally:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -239,7 +259,7 @@ class Spool:
     def _record(self, path: Path, facts: TransportFacts) -> int:
         size = path.stat().st_size
         now = time.time()
-        with self._tx() as db:
+        with self._durable_tx() as db:
             cur = db.execute(
                 "INSERT INTO jobs (path, size, source, source_type, calling_ae, called_ae, calling_host,"
                 " received_at, state, updated_at) VALUES (?,?,?,?,?,?,?,?, 'received', ?)",

@@ -76,11 +76,13 @@ def test_example_yaml_validates(registry):
     assert loaded.path == EXAMPLE
     assert [(r.name, r.final, r.to) for r in cfg.routes] == [
         ("research-ct", True, ["research-share"]),
-        ("archive-everything", False, ["archive"]),
+        ("archive-everything", False, ["archive", "pacs"]),
     ]
     assert set(cfg.routes[0].match) == {"Modality", "StudyDescription", "InstitutionName", "SliceThickness",
                                         "PatientIdentityRemoved", "source"}
-    assert sorted(cfg.destinations) == ["archive", "research-share"]
+    assert sorted(cfg.destinations) == ["archive", "pacs", "research-share"]
+    assert [c.ae_title for c in loaded.sources[1].options.allowed_callers] == ["CT_SCANNER_1", "MR_ROOM_2",
+                                                                             "WORKSTATION"]
     share = cfg.destinations["research-share"]
     assert share.retry.max_delay == 300.0 and share.retry.initial == 1.0 and share.parallel == 1
     assert cfg.spool.max_size == 50 * 2**30
@@ -90,6 +92,18 @@ def test_example_yaml_validates(registry):
     assert loaded.pipelines["archive-everything"] == []
     empty = load_config_text("", registry).config  # an empty file is a valid, empty config
     assert empty.routes == [] and empty.destinations == {}
+
+
+def test_example_yaml_shows_every_key(registry):
+    """The annotated example names every key of the reference (commented out where a key
+    needs files that must exist, like TLS certificates)."""
+    from pacsguard.daemon.reference import reference
+
+    text = EXAMPLE.read_text()
+    keys = {line.split("`")[1] for line in reference(registry).splitlines() if line.startswith("| `")}
+    leaves = {k.replace("[]", "").rsplit(".", 1)[-1] for k in keys}
+    missing = sorted(leaf for leaf in leaves if not re.search(rf"(^|[\s{{,])(- )?{re.escape(leaf)}:", text, re.M))
+    assert len(leaves) > 40 and missing == []
 
 
 def test_defaults_are_parsed_like_given_values(registry, tmp_path, monkeypatch):
