@@ -1,0 +1,1 @@
+"""pacsguard benchmark harness: ``python -m tests.benchmarks`` (see harness.py)."""
