@@ -186,6 +186,13 @@ class DeliveryManager:
             if w is not None:
                 w.wake()
 
+    #: deliveries run in this process's threads: nothing to restart on its own
+    restartable = False
+
+    def apply_config(self, loaded, runtime) -> None:
+        """After a reload: the destinations of the new runtime."""
+        self.apply(runtime.destinations)
+
     def wake_all(self) -> None:
         for w in self.workers.values():
             w.wake()

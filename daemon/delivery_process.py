@@ -93,7 +93,11 @@ class DeliveryProcess:
                 pass  # the child is gone: alive() says so, the service restarts it
 
     # -- the DeliveryManager interface ------------------------------------------------
-    def apply_config(self, loaded) -> None:
+    #: a child that died is started again by the service
+    restartable = True
+
+    def apply_config(self, loaded, runtime=None) -> None:
+        """After a reload: the child builds the new config's destinations itself."""
         self._send("apply", loaded.text, str(loaded.path) if loaded.path else None)
 
     def wake(self, names) -> None:

@@ -114,6 +114,7 @@ class Service:
         self.sources: dict[str, object] = {}
         self._source_specs: dict[str, tuple] = {}
         self._config_stat = None
+        self._pending_stat = None
         self.metrics_server = None
         self.notifier = Notifier()
 
@@ -222,7 +223,7 @@ class Service:
 
     def _check_delivery(self) -> None:
         """A delivery process that died is started again (its work is safe in the spool)."""
-        if self.stopping or not hasattr(self.delivery, "pid") or self.delivery.alive():
+        if self.stopping or not self.delivery.restartable or self.delivery.alive():
             return
         log.error("delivery process died; starting it again")
         try:
@@ -306,7 +307,7 @@ class Service:
         if st is None or st == self._config_stat:
             self._pending_stat = None
             return False
-        if st != getattr(self, "_pending_stat", None):
+        if st != self._pending_stat:
             self._pending_stat = st
             return False
         self._pending_stat = None
@@ -331,10 +332,7 @@ class Service:
             log.warning("spool, processing and metrics settings take effect at the next restart")
         self.runtime = runtime  # one reference swap: workers pick it up with their next batch
         self.loaded = loaded
-        if hasattr(self.delivery, "apply_config"):
-            self.delivery.apply_config(loaded)
-        else:
-            self.delivery.apply(runtime.destinations)
+        self.delivery.apply_config(loaded, runtime)
         self._apply_sources(loaded, reloading=True)
         set_level(loaded.config.logging.level)
         log.info("config reloaded", trigger=why, generation=runtime.generation,
