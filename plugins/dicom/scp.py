@@ -169,10 +169,7 @@ class TlsOptions(Options):
     def _consistent(self):
         if self.require_client_cert and self.ca is None:
             raise ValueError("require_client_cert needs `ca`, the CA certificates to check client certificates against")
-        for label, path in (("cert", self.cert), ("key", self.key), ("key_password_file", self.key_password_file),
-                            ("ca", self.ca)):
-            if path is not None and not tlsmod.is_credential(path) and not Path(path).is_file():
-                raise ValueError(f"{label}: file {path} does not exist")
+        tlsmod.check_files(cert=self.cert, key=self.key, key_password_file=self.key_password_file, ca=self.ca)
         return self
 
     def files(self) -> list[Path]:

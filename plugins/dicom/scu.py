@@ -89,10 +89,7 @@ class DicomTLSOptions(Options):
             raise ValueError("give both cert and key, or neither")
         if self.key_password_file is not None and self.key is None:
             raise ValueError("key_password_file needs key")
-        for label, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key),
-                            ("key_password_file", self.key_password_file)):
-            if path is not None and not tlsmod.is_credential(path) and not Path(path).is_file():
-                raise ValueError(f"{label}: file {path} does not exist")
+        tlsmod.check_files(ca=self.ca, cert=self.cert, key=self.key, key_password_file=self.key_password_file)
         return self
 
     def files(self) -> list[Path]:

@@ -72,6 +72,14 @@ def resolve(path: Path | str) -> Path:
     return Path(base) / text[len(CREDENTIAL_PREFIX):]
 
 
+def check_files(**paths) -> None:
+    """Config-time check: every given file (label=path; None skipped) exists. Credential
+    names are resolved only when the service starts, under systemd."""
+    for label, path in paths.items():
+        if path is not None and not is_credential(path) and not Path(path).is_file():
+            raise ValueError(f"{label}: file {path} does not exist")
+
+
 def read_password(path: Path | str) -> bytes:
     """A key password from a file: its first line, without the line end."""
     real = resolve(path)
