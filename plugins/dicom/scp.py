@@ -25,8 +25,7 @@ import struct
 import threading
 import time
 import uuid
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,7 +40,7 @@ from pacsguard.daemon.units import AbsPath, Duration, Size
 
 from . import tls as tlsmod
 from .aetitle import AETitle
-from ._pynetdicom import configure
+from . import ul
 
 log = structlog.get_logger("pacsguard.dicom")
 
@@ -66,8 +65,10 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
-SOURCE_USER, SOURCE_PRESENTATION = 0x01, 0x03
+SOURCE_USER, SOURCE_ACSE, SOURCE_PRESENTATION = 0x01, 0x02, 0x03
 REASON_CALLING_AE, REASON_CALLED_AE = 0x03, 0x07
+REASON_PROTOCOL_VERSION = 0x02  # with SOURCE_ACSE
+UNRECOGNIZED_OPERATION = 0x0211
 REASON_CONGESTION, REASON_LOCAL_LIMIT = 0x01, 0x02
 
 
@@ -285,25 +286,26 @@ def dataset_offset(fp: BinaryIO, transfer_syntax: str) -> int:
         pos = found[1]
 
 
-def file_meta_bytes(*, sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str | None) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group for a received object."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_file_meta_info
+def _meta_element(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
+    if len(value) % 2:
+        value += pad
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+
+def file_meta_bytes(*, sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str | None) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group for a received object
+    (PS3.10 7.1; Explicit VR Little Endian, encoded here: it is on every C-STORE's path)."""
+    body = (_meta_element(0x0001, b"OB", b"\x00\x01", b"\0")
+            + _meta_element(0x0002, b"UI", sop_class.encode("ascii"), b"\0")
+            + _meta_element(0x0003, b"UI", sop_instance.encode("ascii"), b"\0")
+            + _meta_element(0x0010, b"UI", transfer_syntax.encode("ascii"), b"\0")
+            + _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii"), b"\0")
+            + _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" "))
     if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return b"\x00" * 128 + b"DICM" + buf.getvalue()
+        body += _meta_element(0x0016, b"AE", source_ae.encode("ascii", "replace")[:16], b" ")
+    return b"\x00" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body)), b"\0") + body
 
 
 def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int) -> int:
@@ -362,18 +364,79 @@ class _Session:
     started: float
     stored: int = 0
     refused: int = 0
+    channel: ul.Channel | None = None
+    contexts: dict = field(default_factory=dict)  # accepted presentation context id -> transfer syntax
 
 
-class _DeferredHandshake:
-    """What pynetdicom's server wraps each accepted socket with: the current (reloading)
-    server context, with the TLS handshake left to the connection's own thread (see
-    ``DicomSource._on_connect``), so a slow or silent client never stalls the accept loop."""
+class _Incoming:
+    """One C-STORE data set being written into the spool (or discarded, with the status
+    already decided)."""
 
-    def __init__(self, context: tlsmod.ReloadingContext):
-        self.context = context
+    def __init__(self, status: int | None = None):
+        self.status = status  # decided before the data arrived: refuse, discard the data
+        self.facts = None
+        self.partial: Path | None = None
+        self.fp = None
+        self.written = 0
+        self.error: OSError | None = None
+        self.first = b""  # the data set's first bytes (to spot stray group 0002 elements)
 
-    def wrap_socket(self, sock, server_side=True, **_):
-        return self.context.get().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    def write(self, piece) -> None:
+        if self.fp is None:
+            return
+        try:
+            if len(self.first) < 8:
+                self.first += bytes(piece[: 8 - len(self.first)])
+            view = piece
+            while len(view):
+                n = self.fp.write(view)
+                view = view[n:]
+            self.written += len(piece)
+        except OSError as exc:  # keep reading the data set, answer with a failure at its end
+            self.error = exc
+            self._close()
+
+    def _close(self) -> None:
+        fp, self.fp = self.fp, None
+        if fp is not None:
+            try:
+                fp.close()
+            except OSError as exc:
+                self.error = self.error or exc
+
+    def discard(self) -> None:
+        self._close()
+        if self.partial is not None:
+            # the spool's recovery drops any leftover at the next start
+            try:
+                self.partial.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self.partial = None
+
+
+_STORAGE_ABSTRACT: dict[str, bool] = {}
+
+
+def acceptable_abstract_syntax(uid: str) -> bool:
+    """Verification, and every storage SOP class: the registered ones and any unknown or
+    private UID (a modality's private storage class); not the other known services."""
+    known = _STORAGE_ABSTRACT.get(uid)
+    if known is None:
+        from pynetdicom.service_class import ServiceClass, StorageServiceClass
+        from pynetdicom.sop_class import uid_to_service_class
+
+        if uid == ul.VERIFICATION:
+            known = True
+        else:
+            try:
+                cls = uid_to_service_class(uid)
+            except Exception:
+                cls = ServiceClass
+            known = cls is StorageServiceClass or cls is ServiceClass
+        if len(_STORAGE_ABSTRACT) < 4096:
+            _STORAGE_ABSTRACT[uid] = known
+    return known
 
 
 class DicomSource(Source):
@@ -384,55 +447,41 @@ class DicomSource(Source):
 
     def __init__(self, name, options, intake):
         super().__init__(name, options, intake)
-        self._server = None
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
         self._tls: tlsmod.ReloadingContext | None = None
         self._closing = False
         self._inflight = 0
         self._idle = threading.Condition()
         self._lock = threading.Lock()
-        self._sessions: "weakref.WeakKeyDictionary[object, _Session]" = weakref.WeakKeyDictionary()
+        self._active: dict[str, tuple[_Session, threading.Thread]] = {}
+        self._pending = 0  # connections not yet accepted or refused
+        self._syntaxes = frozenset(transfer_syntaxes())
         self._spool_full = False  # log the start and the end of a spool-full spell, not every refusal
         self.port: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification
-
-        configure()
         opts = self.options
-        ae = AE(ae_title=opts.ae_title)
-        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        ae.maximum_associations = opts.max_associations
-        ae.maximum_pdu_size = opts.max_pdu
-        ae.acse_timeout = opts.acse_timeout
-        ae.dimse_timeout = opts.dimse_timeout
-        ae.network_timeout = opts.network_timeout
-        # _on_requested decides first (with hosts and a log line); pynetdicom's own checks stay as a backstop
-        ae.require_called_aet = True
-        ae.require_calling_aet = sorted({c.ae_title for c in opts.allowed_callers})
-        ae.add_supported_context(Verification)
-        syntaxes = transfer_syntaxes()
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, syntaxes)
-        ssl_context = None
         if opts.tls is not None:
             self._tls = tlsmod.ReloadingContext(opts.tls.build, opts.tls.files(), label=f"source {self.source_name}")
-            ssl_context = _DeferredHandshake(self._tls)
-        handlers = [
-            (evt.EVT_CONN_OPEN, self._on_connect),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_RELEASED, self._on_released),
-            (evt.EVT_ABORTED, self._on_aborted),
-            (evt.EVT_C_STORE, self._on_store),
-        ]
+        infos = socket.getaddrinfo(opts.host, opts.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(max(16, opts.max_associations * 2))
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(0.25)
         self._closing = False
-        self._server = ae.start_server((opts.host, opts.port), block=False, evt_handlers=handlers,
-                                       ssl_context=ssl_context)
-        self.port = self._server.server_address[1]
+        self._listener = sock
+        self.port = sock.getsockname()[1]
+        self._acceptor = threading.Thread(target=self._accept_loop, args=(sock,), daemon=True,
+                                          name=f"dicom-listen-{self.source_name}")
+        self._acceptor.start()
         log.info("DICOM node listening", source=self.source_name, ae_title=opts.ae_title, host=opts.host,
                  port=self.port, tls=opts.tls is not None,
                  allowed_callers=[c.ae_title + (f"@{c.host}" if c.host else "") for c in opts.allowed_callers]
@@ -442,17 +491,22 @@ class DicomSource(Source):
         """Stop listening; let C-STOREs being written finish (up to ``grace`` seconds; new
         ones are refused with 0xA700), then abort the remaining associations."""
         self._closing = True
-        server, self._server = self._server, None
-        if server is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
-        server.shutdown()
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is not None:
+            acceptor.join(timeout=2)
+        listener.close()
         with self._idle:
             self._idle.wait_for(lambda: self._inflight == 0, timeout=grace)
-        open_assocs = list(server.active_associations)
-        for assoc in open_assocs:
-            assoc.abort()
-        for assoc in open_assocs:
-            assoc.join(timeout=2)
+        with self._lock:
+            open_assocs = list(self._active.values())
+        for session, _ in open_assocs:
+            if session.channel is not None:
+                session.channel.abort(ul.ABORT_PROVIDER)
+        for _, thread in open_assocs:
+            thread.join(timeout=2)
         log.info("DICOM node stopped", source=self.source_name, aborted_associations=len(open_assocs))
 
     def reload_tls(self) -> bool:
@@ -470,61 +524,147 @@ class DicomSource(Source):
     def address(self) -> tuple[str, int] | None:
         return (self.options.host, self.port) if self.port is not None else None
 
-    # -- association events -------------------------------------------------------------------
-    def _on_connect(self, event) -> None:
-        """EVT_CONN_OPEN, in the new connection's thread: TCP_NODELAY, then the TLS handshake."""
-        sock = event.assoc.dul.socket.socket
-        peer = event.address[0] if event.address else None
+    @property
+    def active_associations(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    # -- connections ------------------------------------------------------------------------
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._closing:
+            try:
+                conn, addr = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if self._closing:
+                    return
+                log.warning("accepting a connection failed", source=self.source_name,
+                            error=exc.strerror or type(exc).__name__)
+                time.sleep(0.1)
+                continue
+            host = addr[0] if addr else ""
+            if host.startswith("::ffff:"):
+                host = host[7:]
+            with self._lock:
+                self._pending += 1
+            threading.Thread(target=self._serve, args=(conn, host), daemon=True,
+                             name=f"dicom-assoc-{self.source_name}").start()
+
+    def _serve(self, conn: socket.socket, host: str) -> None:
+        structlog.contextvars.clear_contextvars()
+        session = None
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            session = self._open(conn, host)
+        except Exception as exc:  # a bug: never take the listener down
+            log.error("association failed", source=self.source_name, error=bug_summary(exc))
+        finally:
+            with self._lock:
+                self._pending -= 1
+        if session is None:
+            return
+        ended = "association aborted"
+        try:
+            ended = self._run(session)
+        except Exception as exc:
+            log.error("association failed", source=self.source_name, error=bug_summary(exc))
+            session.channel.abort(ul.ABORT_PROVIDER)
+        finally:
+            with self._lock:
+                self._active.pop(session.id, None)
+            session.channel.close()
+            self._ended(session, ended)
+
+    def _open(self, conn: socket.socket, host: str) -> _Session | None:
+        """TLS handshake, A-ASSOCIATE-RQ, and the answer. The session when accepted."""
+        opts = self.options
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        if isinstance(sock, ssl.SSLSocket):
+        conn.settimeout(opts.acse_timeout)
+        if self._tls is not None:
             try:
-                sock.settimeout(self.options.acse_timeout)
-                sock.do_handshake()
-                sock.settimeout(None)
+                conn = self._tls.get().wrap_socket(conn, server_side=True)
             except (OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
                 log.warning("TLS handshake failed: connection refused", source=self.source_name,
-                            calling_host=peer, reason=str(reason))
+                            calling_host=host, reason=str(reason))
                 try:  # closed, not only shut down: bytes a plain-TCP caller already sent stay unread
-                    sock.shutdown(socket.SHUT_RDWR)
+                    conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-                sock.close()
-                # no A-ASSOCIATE-RQ can come now: let the association give up at once
-                # instead of holding one of max_associations for the whole ACSE timeout
-                event.assoc.acse_timeout = 0.001
-
-    def _session(self, assoc) -> _Session | None:
+                conn.close()
+                return None
+        ch = ul.Channel(conn)
+        try:
+            kind, length = ch.read_header()
+            if kind != ul.ASSOCIATE_RQ or length > ul.MAX_ASSOCIATE:
+                raise ul.ProtocolError(f"{ul.PDU_NAMES.get(kind, 'an unknown PDU')} instead of an A-ASSOCIATE-RQ")
+            body = ch.recv_exact(length)
+            proposal = ul.decode_proposal(struct.pack(">BBI", kind, 0, length) + body)
+        except ul.ProtocolError as exc:
+            log.warning("association refused: not a DICOM association request", source=self.source_name,
+                        calling_host=host, reason=str(exc))
+            ch.abort(ul.ABORT_PROVIDER, ul.REASON_UNEXPECTED_PDU)
+            return None
+        except ul.ULError as exc:
+            log.info("connection closed before an association request", source=self.source_name,
+                     calling_host=host, reason=str(exc))
+            ch.close()
+            return None
+        session = _Session(uuid.uuid4().hex[:8], proposal.calling, proposal.called, host, time.monotonic(),
+                           channel=ch)
+        structlog.contextvars.bind_contextvars(association=session.id, calling_ae=session.calling_ae,
+                                               calling_host=host)
         with self._lock:
-            return self._sessions.get(assoc)
+            refusal = self._refusal(proposal, host)
+            if refusal is None:
+                self._active[session.id] = (session, threading.current_thread())
+        if refusal is not None:
+            (result, source, reason), why = refusal
+            log.warning("association rejected", source=self.source_name, reason=why, calling_ae=session.calling_ae,
+                        called_ae=session.called_ae, calling_host=host)
+            try:
+                ch.send(ul.associate_rj(result, source, reason))
+            except ul.ULError:
+                pass
+            ch.close()
+            return None
+        results = []
+        accepted: dict[int, str] = {}
+        for ctx_id, abstract, syntaxes in proposal.contexts:
+            if not acceptable_abstract_syntax(abstract):
+                results.append((ctx_id, ul.ABSTRACT_SYNTAX_NOT_SUPPORTED, syntaxes[0] if syntaxes else ""))
+                continue
+            ts = next((t for t in syntaxes if t in self._syntaxes), None)
+            if ts is None:
+                results.append((ctx_id, ul.TRANSFER_SYNTAXES_NOT_SUPPORTED, syntaxes[0] if syntaxes else ""))
+            else:
+                results.append((ctx_id, ul.ACCEPTANCE, ts))
+                accepted[ctx_id] = ts
+        try:
+            ch.send(ul.associate_ac(called=proposal.called_raw, calling=proposal.calling_raw, results=results,
+                                    max_pdu=opts.max_pdu, impl_uid=IMPLEMENTATION_CLASS_UID,
+                                    impl_name=IMPLEMENTATION_VERSION_NAME))
+        except ul.ULError as exc:
+            with self._lock:
+                self._active.pop(session.id, None)
+            log.warning("association aborted", source=self.source_name, reason=str(exc))
+            ch.close()
+            return None
+        ch.peer_max_pdu = proposal.max_pdu
+        session.contexts = accepted
+        log.info("association accepted", source=self.source_name, contexts=len(accepted),
+                 called_ae=session.called_ae)
+        return session
 
-    def _on_requested(self, event) -> None:
-        """EVT_REQUESTED, in the association's thread: decide before pynetdicom negotiates."""
-        assoc = event.assoc
-        rq = assoc.requestor.primitive
-        calling = str(rq.calling_ae_title or "").strip()
-        called = str(rq.called_ae_title or "").strip()
-        host = assoc.requestor.address
-        session = _Session(uuid.uuid4().hex[:8], calling, called, host, time.monotonic())
-        with self._lock:
-            self._sessions[assoc] = session
-        structlog.contextvars.bind_contextvars(association=session.id, calling_ae=calling, calling_host=host)
-        refusal = self._refusal(assoc, calling, called, host)
-        if refusal is None:
-            return
-        (result, source, reason), why = refusal
-        log.warning("association rejected", source=self.source_name, reason=why, calling_ae=calling,
-                    called_ae=called, calling_host=host)
-        assoc.acse.send_reject(result, source, reason)
-        assoc.kill()
-        with self._lock:
-            self._sessions.pop(assoc, None)
-
-    def _refusal(self, assoc, calling: str, called: str, host: str):
+    def _refusal(self, proposal: ul.Proposal, host: str):
+        """Why this association must be refused (the caller holds ``self._lock``), or None."""
         opts = self.options
+        calling, called = proposal.calling, proposal.called
+        if proposal.protocol_version & 0x0001 == 0:
+            return (REJECT_PERMANENT, SOURCE_ACSE, REASON_PROTOCOL_VERSION), "protocol version not supported"
         if self._closing or not self.intake.accepting:
             return (REJECT_TRANSIENT, SOURCE_PRESENTATION, REASON_CONGESTION), "service stopping"
         if called != opts.ae_title:
@@ -535,80 +675,151 @@ class DicomSource(Source):
                 known = any(c.ae_title == calling for c in opts.allowed_callers)
                 why = "calling AE title not allowed from this host" if known else "calling AE title not allowed"
                 return (REJECT_PERMANENT, SOURCE_USER, REASON_CALLING_AE), why
-        server = self._server
-        if server is not None:
-            active = [a for a in server.active_associations if a.is_acceptor]
-            if len(active) > opts.max_associations:
-                return (REJECT_TRANSIENT, SOURCE_PRESENTATION, REASON_LOCAL_LIMIT), "too many associations"
+        if len(self._active) >= opts.max_associations:
+            return (REJECT_TRANSIENT, SOURCE_PRESENTATION, REASON_LOCAL_LIMIT), "too many associations"
         return None
 
-    def _on_accepted(self, event) -> None:
-        session = self._session(event.assoc)
-        log.info("association accepted", source=self.source_name,
-                 contexts=len(event.assoc.accepted_contexts), called_ae=session.called_ae if session else None)
+    def _run(self, session: _Session) -> str:
+        """The association's messages until release or abort; returns how it ended."""
+        opts = self.options
+        ch = session.channel
+        reader = ul.MessageReader(ch, session.contexts, max_pdu=opts.max_pdu)
+        incoming: list[_Incoming] = []
 
-    def _on_rejected(self, event) -> None:
-        # pynetdicom's own backstop checks (ours in _on_requested normally decide first)
-        log.warning("association rejected", source=self.source_name, reason="refused during negotiation")
+        def on_command(ctx_id: int, cmd: dict) -> object:
+            if ul.command_us(cmd, 0x0100) != ul.C_STORE_RQ:
+                return None  # discarded: answered when complete
+            store = self._begin(session, ctx_id, cmd)
+            incoming.append(store)
+            return store.write
 
-    def _on_released(self, event) -> None:
-        self._ended(event.assoc, "association released")
-
-    def _on_aborted(self, event) -> None:
-        self._ended(event.assoc, "association aborted")
-
-    def _ended(self, assoc, what: str) -> None:
-        with self._lock:
-            session = self._sessions.pop(assoc, None)
-        if session is None:
-            return
-        fields = dict(source=self.source_name, association=session.id, calling_ae=session.calling_ae,
-                      calling_host=session.host, stored=session.stored, refused=session.refused,
-                      seconds=round(time.monotonic() - session.started, 3))
-        if what == "association aborted":
-            log.warning(what, **fields)
-        else:
-            log.info(what, **fields)
+        while True:
+            try:
+                what, ctx_id, cmd = reader.next_message(on_command, idle_timeout=opts.network_timeout,
+                                                        message_timeout=opts.dimse_timeout)
+            except ul.ULError as exc:
+                for store in incoming:  # a data set cut off: nothing of it stays in the spool
+                    self._abandon(store)
+                incoming.clear()
+                if isinstance(exc, ul.ProtocolError):
+                    log.warning("protocol error: association aborted", source=self.source_name, reason=str(exc))
+                    ch.abort(ul.ABORT_PROVIDER, ul.REASON_UNEXPECTED_PDU)
+                elif isinstance(exc, ul.PeerAborted) or self._closing:
+                    ch.close()  # (when closing, stop() has aborted it)
+                else:
+                    log.info("association lost", source=self.source_name, reason=str(exc))
+                    ch.abort(ul.ABORT_PROVIDER)
+                return "association aborted"
+            if what == "release":
+                try:
+                    ch.send(ul.RELEASE_RP_PDU)
+                except ul.ULError:
+                    pass
+                ch.close()
+                return "association released"
+            field_ = ul.command_us(cmd, 0x0100)
+            msg_id = ul.command_us(cmd, 0x0110) or 0
+            if field_ == ul.C_STORE_RQ:
+                store = incoming.pop()
+                status = self._finish(session, ctx_id, cmd, store)
+                answer = ul.c_store_rsp(msg_id, ul.command_uid(cmd, 0x0002), ul.command_uid(cmd, 0x1000), status)
+            elif field_ == ul.C_ECHO_RQ:
+                answer = ul.c_echo_rsp(msg_id, SUCCESS)
+            elif field_ == ul.C_CANCEL_RQ:
+                continue
+            else:
+                log.warning("DIMSE request not supported: answered 0x0211", source=self.source_name,
+                            command=f"0x{field_ or 0:04X}")
+                answer = ul.encode_command([(0x0002, cmd.get(0x0002, b"")), (0x0100, struct.pack("<H", (field_ or 0) | 0x8000)),
+                                            (0x0120, struct.pack("<H", msg_id)), (0x0800, struct.pack("<H", ul.NO_DATASET)),
+                                            (0x0900, struct.pack("<H", UNRECOGNIZED_OPERATION))])
+            try:
+                ch.settimeout(opts.dimse_timeout)
+                ch.send_command(ctx_id, answer)
+            except ul.ULError as exc:
+                log.info("association ended without release", source=self.source_name, reason=str(exc))
+                ch.close()
+                return "association aborted"
 
     # -- C-STORE ------------------------------------------------------------------------
-    def _on_store(self, event) -> int:
+    def _begin(self, session: _Session, ctx_id: int, cmd: dict) -> _Incoming:
+        """A C-STORE-RQ command has arrived: decide whether to store, open the spool file
+        and write its File Meta Information; the data set follows."""
         with self._idle:
             self._inflight += 1
+        if self._closing or not self.intake.accepting:
+            log.warning("C-STORE refused: service stopping", source=self.source_name)
+            return _Incoming(OUT_OF_RESOURCES)
+        if not self.intake.has_room():
+            return _Incoming(self._refuse_spool_full())
+        sop_class, sop_instance = ul.command_uid(cmd, 0x0002), ul.command_uid(cmd, 0x1000)
+        if not sop_class or not sop_instance:
+            log.warning("C-STORE refused: malformed request", source=self.source_name,
+                        reason="the C-STORE request names no SOP class or instance")
+            return _Incoming(CANNOT_UNDERSTAND)
+        store = _Incoming()
+        store.facts = self.facts(calling_ae=session.calling_ae, called_ae=session.called_ae,
+                                 calling_host=session.host)
         try:
-            status = self._store(event)
+            store.partial = Path(self.intake.new_partial(store.facts))
+            store.fp = open(store.partial, "xb", buffering=0)
+            store.fp.write(file_meta_bytes(sop_class=sop_class, sop_instance=sop_instance,
+                                           transfer_syntax=session.contexts[ctx_id], source_ae=session.calling_ae))
+        except SpoolFull:
+            store.discard()
+            return _Incoming(self._refuse_spool_full())
+        except OSError as exc:
+            store.error = exc
+            store.discard()
+        return store
+
+    def _finish(self, session: _Session, ctx_id: int, cmd: dict, store: _Incoming) -> int:
+        """The data set is complete: make it durable and record it, then answer."""
+        try:
+            status = self._commit(session, ctx_id, cmd, store)
         finally:
+            store.discard()  # after a commit there is nothing left to discard
             with self._idle:
                 self._inflight -= 1
                 self._idle.notify_all()
-        session = self._session(event.assoc)
-        if session is not None:
-            if status == SUCCESS:
-                session.stored += 1
-            else:
-                session.refused += 1
+        if status == SUCCESS:
+            session.stored += 1
+        else:
+            session.refused += 1
         return status
 
-    def _store(self, event) -> int:
-        session = self._session(event.assoc)
-        req = event.request
-        if session is None:  # cannot happen: every accepted association passed _on_requested
-            log.error("C-STORE on an unknown association: refused", source=self.source_name)
-            return CANNOT_UNDERSTAND
-        if self._closing or not self.intake.accepting:
-            log.warning("C-STORE refused: service stopping", source=self.source_name)
+    def _abandon(self, store: _Incoming) -> None:
+        store.discard()
+        with self._idle:
+            self._inflight -= 1
+            self._idle.notify_all()
+
+    def _commit(self, session: _Session, ctx_id: int, cmd: dict, store: _Incoming) -> int:
+        if store.status is not None:
+            return store.status
+        store._close()
+        if store.error is not None:
+            log.error("C-STORE failed: cannot write to the spool", source=self.source_name,
+                      error=store.error.strerror or type(store.error).__name__)
             return OUT_OF_RESOURCES
-        if not self.intake.has_room():
-            return self._refuse_spool_full()
-        facts = self.facts(calling_ae=session.calling_ae, called_ae=session.called_ae, calling_host=session.host)
-        partial: Path | None = None
-        committed = False
+        sop_instance = ul.command_uid(cmd, 0x1000)
         try:
-            partial = Path(self.intake.new_partial(facts))
-            write_part10(event.dataset_path, partial, sop_class=str(req.AffectedSOPClassUID or ""),
-                         sop_instance=str(req.AffectedSOPInstanceUID or ""),
-                         transfer_syntax=str(event.context.transfer_syntax), source_ae=session.calling_ae)
-            job_id = self.intake.commit_partial(partial, facts)
-            committed = True
+            if store.written == 0:
+                raise MalformedDataset("the C-STORE request carries an empty data set")
+            if _stray_meta(store.first, session.contexts[ctx_id]):
+                # a non-conformant caller put group 0002 into the data set: leave it out
+                fixed = Path(self.intake.new_partial(store.facts))
+                try:
+                    write_part10(store.partial, fixed, sop_class=ul.command_uid(cmd, 0x0002),
+                                 sop_instance=sop_instance, transfer_syntax=session.contexts[ctx_id],
+                                 source_ae=session.calling_ae)
+                except BaseException:
+                    fixed.unlink(missing_ok=True)
+                    raise
+                store.partial.unlink(missing_ok=True)
+                store.partial = fixed
+            job_id = self.intake.commit_partial(store.partial, store.facts)
+            store.partial = None
         except SpoolFull:
             return self._refuse_spool_full()
         except MalformedDataset as exc:
@@ -621,19 +832,20 @@ class DicomSource(Source):
         except Exception as exc:  # a bug: never acknowledge, the caller keeps the object
             log.error("C-STORE failed", source=self.source_name, error=bug_summary(exc))
             return CANNOT_UNDERSTAND
-        finally:
-            if not committed and partial is not None:
-                # the spool's recovery drops any renamed-but-unrecorded leftover at the next start
-                try:
-                    partial.unlink(missing_ok=True)
-                except OSError:
-                    pass
         if self._spool_full:
             self._spool_full = False
             log.info("spool has room again: storing resumed", source=self.source_name)
-        log.debug("C-STORE acknowledged", source=self.source_name, job=job_id,
-                  sop=uid_hash(str(req.AffectedSOPInstanceUID or "")))
+        log.debug("C-STORE acknowledged", source=self.source_name, job=job_id, sop=uid_hash(sop_instance))
         return SUCCESS
+
+    def _ended(self, session: _Session, what: str) -> None:
+        fields = dict(source=self.source_name, association=session.id, calling_ae=session.calling_ae,
+                      calling_host=session.host, stored=session.stored, refused=session.refused,
+                      seconds=round(time.monotonic() - session.started, 3))
+        if what == "association aborted":
+            log.warning(what, **fields)
+        else:
+            log.info(what, **fields)
 
     def _refuse_spool_full(self) -> int:
         if not self._spool_full:
@@ -641,3 +853,19 @@ class DicomSource(Source):
             log.warning("C-STORE refused: spool over its size limit (0xA700 until deliveries free space)",
                         source=self.source_name)
         return OUT_OF_RESOURCES
+
+
+def _stray_meta(first: bytes, transfer_syntax: str) -> bool:
+    """Does a data set starting with ``first`` begin with a group 0002 element?"""
+    if len(first) < 2:
+        return False
+    from pydicom.uid import UID
+
+    ts = UID(transfer_syntax)
+    try:
+        if ts.is_deflated or not ts.is_transfer_syntax:
+            return False
+        little = ts.is_little_endian
+    except ValueError:
+        return False
+    return struct.unpack("<H" if little else ">H", first[:2])[0] == 0x0002
