@@ -310,3 +310,12 @@ class Orthanc:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def configure_pynetdicom() -> None:
+    """pynetdicom as a test peer (requestor): send files as they are, never log identifiers."""
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False

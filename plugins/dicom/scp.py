@@ -39,26 +39,11 @@ from pacsguard.daemon.spool import SpoolFull
 from pacsguard.daemon.units import AbsPath, Duration, Size
 
 from . import tls as tlsmod
-from .aetitle import AETitle
 from . import ul
+from .aetitle import AETitle
+from .ul import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = structlog.get_logger("pacsguard.dicom")
-
-#: This implementation's identity in File Meta Information and association negotiation
-#: (a UUID-derived UID, PS3.5 B.2: no registered root needed).
-IMPLEMENTATION_CLASS_UID = "2.25.273958504213808437402758985714438986756"
-
-
-def _version_name() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"PACSGUARD_{version('pacsguard')}"[:16]
-    except Exception:
-        return "PACSGUARD"
-
-
-IMPLEMENTATION_VERSION_NAME = _version_name()
 
 # C-STORE / association answers (PS3.4 B.2.3, PS3.8 9.3.4)
 SUCCESS = 0x0000

@@ -1,4 +1,4 @@
-"""The DICOM network destination: C-STORE to a remote node (pynetdicom SCU).
+"""The DICOM network destination: C-STORE to a remote node (over :mod:`.ul`).
 
 Associations are kept open and reused: one per sending thread (the destination's
 ``parallel`` worker threads), so concurrent ``send`` calls never share one. An
@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import array
 import itertools
+import os
+import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -48,8 +51,10 @@ from pacsguard.daemon.item import uid_hash
 from pacsguard.daemon.units import AbsPath, Duration
 
 from . import tls as tlsmod
-from ._pynetdicom import configure, keep_responses
+from . import ul
 from .aetitle import AETitle
+from .scp import dataset_offset
+from .ul import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = structlog.get_logger("pacsguard.dicom")
 
@@ -239,33 +244,50 @@ def _reencoded(path: Path, target: UID):
     return ds
 
 
-def _sound(path: Path, header, own: Optional[UID]) -> bool:
-    """Whether the file can go out byte for byte as ``own``.
+def _encoded(ds, target: UID) -> bytes:
+    """The data set ``ds`` encoded in ``target`` (pynetdicom's encoder), padded to even length."""
+    from pynetdicom.dsutils import encode
+
+    try:
+        data = encode(ds, target.is_implicit_VR, target.is_little_endian, target.is_deflated)
+    except Exception as exc:
+        data, why = None, f"{type(exc).__name__}: {_first_line(exc)}"
+    else:
+        why = "encoding failed"
+    if not data:
+        raise DeliveryError(f"cannot send the object ({why})", permanent=True)
+    return data + b"\0" if len(data) % 2 else data
+
+
+def _sound(path: Path, header, own: Optional[UID]) -> Optional[int]:
+    """Where the data set starts, when the file can go out byte for byte as ``own``; else None.
 
     pydicom reads many flaws leniently; peers do not. The C-STORE command takes the SOP
-    UIDs from the file meta, so they must match the data set's; the data set must be
+    UIDs from the data set, which the file meta must repeat; the data set must be
     encoded as its transfer syntax says; and its length must be even (dcmtk-based peers
     refuse an odd last fragment, which unpadded deflated streams have).
     """
     meta = getattr(header, "file_meta", None)
     if own is None or meta is None:
-        return False
+        return None
     if (meta.get("MediaStorageSOPClassUID") != header.get("SOPClassUID")
             or meta.get("MediaStorageSOPInstanceUID") != header.get("SOPInstanceUID")):
-        return False
+        return None
     for tag in header.keys():
         raw = header.get_item(tag)  # raw elements remember how they were actually read
         if getattr(raw, "is_implicit_VR", None) is not None:
             if (raw.is_implicit_VR, raw.is_little_endian) != (own.is_implicit_VR, own.is_little_endian):
-                return False
+                return None
             break
-    from pynetdicom.dsutils import split_dataset
-
     try:
-        _, offset = split_dataset(path)
-        return (path.stat().st_size - offset) % 2 == 0
+        with open(path, "rb") as fp:
+            offset = dataset_offset(fp, str(own))
+            size = os.fstat(fp.fileno()).st_size
     except Exception:
-        return False
+        return None
+    if size <= offset or (size - offset) % 2:
+        return None
+    return offset
 
 
 # --- associations ---------------------------------------------------------------------------
@@ -281,13 +303,83 @@ class _Lost(Exception):
         self.stale = stale
 
 
+class _Association:
+    """One open association (requestor side) on a :class:`~.ul.Channel`."""
+
+    def __init__(self, channel: ul.Channel, contexts: dict[int, tuple[str, str]]):
+        self.channel = channel
+        self.contexts = contexts  # accepted context id -> (abstract syntax, transfer syntax)
+        self.by_pair = {pair: ctx_id for ctx_id, pair in contexts.items()}
+        self.accepted: dict[str, set] = {}
+        for sop, ts in contexts.values():
+            self.accepted.setdefault(sop, set()).add(UID(ts))
+        self.reader = ul.MessageReader(channel, {c: ts for c, (_, ts) in contexts.items()})
+        self.established = True
+        self.aborted = False
+
+    def alive(self) -> bool:
+        """False when the peer has closed, aborted or asked to release it while idle (what
+        arrives unasked on an idle association is never good news)."""
+        if not self.established:
+            return False
+        sock = self.channel.sock
+        try:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return False
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def request(self, ctx_id: int, command: bytes, send_data, msg_id: int, timeout: float) -> dict:
+        """Send a request (``send_data()`` sends its data set, if any) and wait for its
+        response's command set. ul.ULError when the association breaks or times out."""
+        ch = self.channel
+        ch.settimeout(timeout)
+        ch.send_command(ctx_id, command)
+        if send_data is not None:
+            send_data()
+        while True:
+            what, _, cmd = self.reader.next_message(lambda *_: None, idle_timeout=timeout, message_timeout=timeout)
+            if what == "release":
+                raise ul.ULError("the peer asked to release the association during a request")
+            if ul.command_us(cmd, 0x0120) == msg_id:
+                return cmd
+
+    def release(self, timeout: float) -> bool:
+        """A-RELEASE; True when the peer answered within ``timeout``."""
+        if not self.established:
+            return False
+        self.established = False
+        ch = self.channel
+        try:
+            ch.settimeout(timeout)
+            ch.send(ul.RELEASE_RQ_PDU)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                kind, length = ch.read_header()
+                ch.skip(length)
+                if kind in (ul.RELEASE_RP, ul.ABORT):
+                    return kind == ul.RELEASE_RP
+            return False
+        except ul.ULError:
+            return False
+        finally:
+            ch.close()
+
+    def abort(self) -> None:
+        self.established = False
+        self.aborted = True
+        self.channel.abort(ul.ABORT_USER)
+
+
 @dataclass
 class _Link:
     """One sending thread's association (or none)."""
 
     owner: threading.Thread
     lock: threading.Lock = field(default_factory=threading.Lock)
-    assoc: object = None
+    assoc: Optional[_Association] = None
     number: int = 0
     proposed: frozenset = frozenset()  # {(sop class, transfer syntax)}
     accepted: dict = field(default_factory=dict)  # sop class -> {transfer syntax}
@@ -325,7 +417,6 @@ class DicomDestination(Destination):
 
     def __init__(self, name: str, options: DicomDestinationOptions):
         super().__init__(name, options)
-        configure()
         self._tls: tlsmod.ReloadingContext | None = None  # rebuilt when the certificate files change
         self._server_name = None
         if options.tls is not None:
@@ -354,7 +445,7 @@ class DicomDestination(Destination):
             for attempt in (1, 2):
                 fresh = self._ensure(link, sop_class, own)
                 try:
-                    status = self._store(link, Path(path), header, sop_class, own)
+                    status = self._store(link, Path(path), header, sop_class, sop_instance, own)
                     break
                 except _Lost as lost:
                     self._drop(link, "aborted", lost.reason)
@@ -387,24 +478,24 @@ class DicomDestination(Destination):
 
     def echo(self) -> dict:
         """C-ECHO on a fresh association. Returns timings in seconds; DeliveryError on failure."""
-        from pynetdicom.sop_class import Verification
-
         t0 = time.perf_counter()
-        assoc = self._associate([(Verification, ExplicitVRLittleEndian), (Verification, ImplicitVRLittleEndian)])
+        assoc = self._associate([(ul.VERIFICATION, ExplicitVRLittleEndian), (ul.VERIFICATION, ImplicitVRLittleEndian)])
         t1 = time.perf_counter()
         try:
-            status = assoc.send_c_echo()
+            ctx_id = next(iter(assoc.contexts))
+            rsp = assoc.request(ctx_id, ul.c_echo_rq(1), None, 1, self.options.timeouts.dimse)
             t2 = time.perf_counter()
-        finally:
-            if assoc.is_established:
-                assoc.release()
-            elif not assoc.is_aborted:
-                assoc.abort()
+        except ul.ULError as exc:
+            assoc.abort()
+            raise DeliveryError(f"no C-ECHO response from {self.peer} ({exc})") from None
+        if not assoc.release(self.options.timeouts.acse):
+            assoc.abort()
         t3 = time.perf_counter()
-        if "Status" not in status:
+        status = ul.command_us(rsp, 0x0900)
+        if status is None:
             raise DeliveryError(f"no C-ECHO response from {self.peer}")
-        if status.Status != 0x0000:
-            raise DeliveryError(f"C-ECHO answered with status 0x{status.Status:04X} ({status_meaning(status.Status)})")
+        if status != 0x0000:
+            raise DeliveryError(f"C-ECHO answered with status 0x{status:04X} ({status_meaning(status)})")
         return {"associate_s": t1 - t0, "echo_s": t2 - t1, "release_s": t3 - t2, "total_s": t3 - t0}
 
     # -- per-thread associations ------------------------------------------------------------
@@ -474,9 +565,8 @@ class DicomDestination(Destination):
     def _ensure(self, link: _Link, sop_class: str, own: Optional[UID]) -> bool:
         """Make sure ``link`` has an association that proposed (sop_class, own). True if new."""
         assoc = link.assoc
-        if assoc is not None and not assoc.is_established:
-            why = "aborted" if assoc.is_aborted else "released"
-            self._drop(link, why, "closed by the peer or the network")
+        if assoc is not None and not assoc.alive():
+            self._drop(link, "aborted", "closed by the peer or the network")
         wanted = (sop_class, own if own is not None else self.options.preferred_syntaxes[0])
         if link.assoc is not None and wanted in link.proposed:
             return False
@@ -485,105 +575,110 @@ class DicomDestination(Destination):
         pairs = self._proposal(sop_class)
         assoc = self._associate(pairs, current=sop_class)
         link.assoc, link.proposed, link.sent = assoc, frozenset(pairs), 0
-        link.accepted = {}
-        for cx in assoc.accepted_contexts:
-            link.accepted.setdefault(str(cx.abstract_syntax), set()).add(UID(cx.transfer_syntax[0]))
+        link.accepted = assoc.accepted
         link.last_used = time.monotonic()
         with self._lock:
             self.associations_opened += 1
             link.number = self.associations_opened
         log.info("association opened", destination=self.destination_name, peer_ae=self.options.ae_title,
                  host=self.options.host, port=self.options.port, tls=self._tls is not None,
-                 association=link.number, proposed=len(pairs), accepted=len(assoc.accepted_contexts))
+                 association=link.number, proposed=len(pairs), accepted=len(assoc.contexts))
         return True
 
-    def _associate(self, pairs, current: Optional[str] = None):
-        """Open an association proposing ``pairs``; DeliveryError (with a clear reason) if not."""
-        from pynetdicom import AE, build_context, evt
-
-        o = self.options
-        ae = AE(ae_title=o.calling_ae)
-        ae.connection_timeout = o.timeouts.connect
-        ae.acse_timeout = o.timeouts.acse
-        ae.dimse_timeout = o.timeouts.dimse
-        ae.network_timeout = o.timeouts.network
-        answer = {}
-
-        def on_open(event):
-            answer["connected"] = True
-            try:
-                event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (AttributeError, OSError):
-                pass
-
-        def on_acse(event):
-            answer.setdefault("primitives", []).append(event.primitive)
-
-        contexts = [build_context(sop, [ts]) for sop, ts in pairs]
-        ssl_context = self._tls.get() if self._tls is not None else None
-        started = time.monotonic()
-        assoc = ae.associate(o.host, o.port, contexts=contexts, ae_title=o.ae_title, max_pdu=o.max_pdu,
-                             tls_args=(ssl_context, self._server_name) if ssl_context is not None else None,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)])
-        if assoc.is_established:
-            keep_responses(assoc)
-            return assoc
-        received = answer.get("primitives", [])
-        # The A-ASSOCIATE answer (AC or RJ), if one came before an abort or the close.
-        rsp = next((p for p in received if getattr(p, "result", None) is not None), None)
-        if rsp is not None and rsp.result in (0x01, 0x02):
-            reason = (f"association rejected by {self.peer}: {rsp.result_str.lower()}, "
-                      f"{rsp.source_str.lower()}: {rsp.reason_str.lower()}")
-        elif assoc.is_aborted and rsp is not None and rsp.result == 0x00:
-            # Accepted, but with no presentation context: pynetdicom aborted it.
-            if current is not None:
-                raise DeliveryError(f"{self.peer} does not support {_sop_name(current)} "
-                                    f"(every presentation context was rejected)", permanent=True)
-            reason = f"{self.peer} rejected every presentation context"
-        elif not answer.get("connected") and time.monotonic() - started >= o.timeouts.connect * 0.95:
-            reason = (f"no connection to {o.host}:{o.port} within {o.timeouts.connect:g}s"
-                      + (" (TCP or TLS handshake)" if ssl_context is not None else ""))
-        elif not answer.get("connected"):
-            reason = self._diagnose(ssl_context)
-        elif rsp is None and time.monotonic() - started >= o.timeouts.acse * 0.95:
-            reason = f"no answer from {self.peer} to the association request within {o.timeouts.acse:g}s"
-        else:  # also a rejection whose PDU pynetdicom lost to the connection close (rare)
-            reason = f"association with {self.peer} aborted or connection closed during negotiation"
-            if ssl_context is not None:
-                reason += " (over TLS: the server may have refused our client certificate)"
-        log.warning("association failed", destination=self.destination_name, peer_ae=o.ae_title,
-                    host=o.host, port=o.port, reason=reason)
-        raise DeliveryError(reason)
-
-    def _diagnose(self, ssl_context: Optional[ssl.SSLContext]) -> str:
-        """Why the transport connection failed (pynetdicom only logs it): probe once."""
+    def _connect(self, ssl_context: Optional[ssl.SSLContext]) -> socket.socket:
+        """TCP (and TLS) connection to the peer; DeliveryError with the reason if not."""
         o = self.options
         where = f"{o.host}:{o.port}"
         try:
             sock = socket.create_connection((o.host, o.port), timeout=o.timeouts.connect)
         except ConnectionRefusedError:
-            return f"connection refused by {where} ({o.ae_title} is not listening)"
+            raise DeliveryError(f"connection refused by {where} ({o.ae_title} is not listening)") from None
         except socket.timeout:
-            return f"no connection to {where} within {o.timeouts.connect:g}s"
+            raise DeliveryError(f"no connection to {where} within {o.timeouts.connect:g}s") from None
         except OSError as exc:
-            return f"cannot connect to {where}: {exc.strerror or type(exc).__name__}"
-        with sock:
-            if ssl_context is None:
-                return f"connection to {where} failed, then worked on a second try (transient)"
+            raise DeliveryError(f"cannot connect to {where}: {exc.strerror or type(exc).__name__}") from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if ssl_context is None:
+            return sock
+        try:
+            return ssl_context.wrap_socket(sock, server_hostname=self._server_name)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise DeliveryError(f"TLS: the certificate of {where} was not accepted ({exc.verify_message})") from None
+        except ssl.SSLError as exc:
+            sock.close()
+            raise DeliveryError(f"TLS handshake with {where} failed ({exc.reason or type(exc).__name__})") from None
+        except socket.timeout:
+            sock.close()
+            raise DeliveryError(f"no connection to {where} within {o.timeouts.connect:g}s (TCP or TLS handshake)") \
+                from None
+        except OSError as exc:
+            sock.close()
+            raise DeliveryError(f"TLS handshake with {where} failed ({exc.strerror or type(exc).__name__})") from None
+
+    def _associate(self, pairs, current: Optional[str] = None) -> _Association:
+        """Open an association proposing ``pairs``; DeliveryError (with a clear reason) if not."""
+        o = self.options
+        ssl_context = self._tls.get() if self._tls is not None else None
+        try:
+            sock = self._connect(ssl_context)
+        except DeliveryError as exc:
+            log.warning("association failed", destination=self.destination_name, peer_ae=o.ae_title,
+                        host=o.host, port=o.port, reason=exc.reason)
+            raise
+        ch = ul.Channel(sock)
+        proposed = {2 * i + 1: (str(sop), str(ts)) for i, (sop, ts) in enumerate(pairs)}
+        rq = ul.associate_rq(called=o.ae_title, calling=o.calling_ae, max_pdu=o.max_pdu,
+                             contexts=[(c, sop, [ts]) for c, (sop, ts) in proposed.items()],
+                             impl_uid=IMPLEMENTATION_CLASS_UID, impl_name=IMPLEMENTATION_VERSION_NAME)
+        reason = None
+        try:
+            ch.settimeout(o.timeouts.acse)
+            ch.send(rq)
+            kind, length = ch.read_header()
+            if length > ul.MAX_ASSOCIATE:
+                raise ul.ProtocolError("oversized answer")
+            body = ch.recv_exact(length)
+        except ul.ULError as exc:
+            ch.close()
+            if "timed out" in str(exc):
+                reason = f"no answer from {self.peer} to the association request within {o.timeouts.acse:g}s"
+            else:
+                reason = f"association with {self.peer} aborted or connection closed during negotiation"
+                if ssl_context is not None:
+                    reason += " (over TLS: the server may have refused our client certificate)"
+            kind = None
+        if kind == ul.ASSOCIATE_AC:
             try:
-                with ssl_context.wrap_socket(sock, server_hostname=self._server_name) as tls:
-                    tls.settimeout(0.5)  # TLS 1.3 servers refuse a client certificate after the handshake
-                    if tls.recv(1) == b"":
-                        return f"{where} closed the TLS connection (it may have refused our client certificate)"
-            except socket.timeout:
-                pass
-            except ssl.SSLCertVerificationError as exc:
-                return f"TLS: the certificate of {where} was not accepted ({exc.verify_message})"
-            except ssl.SSLError as exc:
-                return f"TLS handshake with {where} failed ({exc.reason or type(exc).__name__})"
-            except OSError as exc:
-                return f"TLS handshake with {where} failed ({exc.strerror or type(exc).__name__})"
-            return f"TLS connection to {where} failed, then worked on a second try (transient)"
+                acceptance = ul.decode_acceptance(struct.pack(">BBI", kind, 0, length) + body)
+            except ul.ProtocolError as exc:
+                ch.abort(ul.ABORT_USER)
+                reason = f"{self.peer} answered with {exc}"
+            else:
+                contexts = {c: proposed[c] for c, ts in acceptance.contexts.items()
+                            if c in proposed and ts == proposed[c][1]}
+                if contexts:
+                    ch.peer_max_pdu = acceptance.max_pdu
+                    return _Association(ch, contexts)
+                _Association(ch, {}).release(o.timeouts.acse)
+                if current is not None:
+                    raise DeliveryError(f"{self.peer} does not support {_sop_name(current)} "
+                                        f"(every presentation context was rejected)", permanent=True)
+                reason = f"{self.peer} rejected every presentation context"
+        elif kind == ul.ASSOCIATE_RJ and len(body) >= 4:
+            ch.close()
+            reason = f"association rejected by {self.peer}: " + ul.Rejection(body[1], body[2], body[3]).describe()
+        elif kind is not None:
+            ch.close()
+            reason = f"association with {self.peer} aborted or connection closed during negotiation"
+            if ssl_context is not None and kind == ul.ABORT:
+                reason += " (over TLS: the server may have refused our client certificate)"
+        log.warning("association failed", destination=self.destination_name, peer_ae=o.ae_title,
+                    host=o.host, port=o.port, reason=reason)
+        raise DeliveryError(reason)
 
     def _drop(self, link: _Link, how: str, why: str) -> None:
         """Release (or abort) ``link``'s association, if any. The caller holds ``link.lock``."""
@@ -591,14 +686,14 @@ class DicomDestination(Destination):
         link.proposed, link.accepted = frozenset(), {}
         if assoc is None:
             return
-        if assoc.is_established:
+        if assoc.established:
             if how == "aborted":
                 assoc.abort()
-            else:
-                assoc.release()
-                if assoc.is_established:  # no A-RELEASE-RP within the ACSE timeout
-                    assoc.abort()
-                    how = "aborted"
+            elif not assoc.release(self.options.timeouts.acse):  # no A-RELEASE-RP in time
+                assoc.abort()
+                how = "aborted"
+        else:
+            assoc.channel.close()
         event = "association aborted" if how == "aborted" else "association released"
         (log.warning if how == "aborted" else log.info)(
             event, destination=self.destination_name, peer_ae=self.options.ae_title,
@@ -606,10 +701,11 @@ class DicomDestination(Destination):
 
     # -- one C-STORE ---------------------------------------------------------------------------
 
-    def _store(self, link: _Link, path: Path, header, sop_class: str, own: Optional[UID]):
+    def _store(self, link: _Link, path: Path, header, sop_class: str, sop_instance: str, own: Optional[UID]) -> int:
         accepted = link.accepted.get(sop_class, set())
-        if own in accepted and _sound(path, header, own):
-            payload = path  # fast path: the file's bytes as they are
+        offset = _sound(path, header, own) if own in accepted else None
+        if offset is not None:
+            target, payload = own, None  # fast path: the file's bytes as they are
         else:
             if own in accepted and not own.is_deflated:
                 target = own  # re-encode around the (compressed) pixel data
@@ -623,28 +719,44 @@ class DicomDestination(Destination):
                 raise DeliveryError(f"{self.peer} accepts {_sop_name(sop_class)} only as {names}; "
                                     f"cannot convert from {own.name if own else 'a file without meta'}",
                                     permanent=True)
-            payload = _reencoded(path, target)
+            payload = _encoded(_reencoded(path, target), target)
             log.info("object re-encoded for the peer", destination=self.destination_name,
                      from_syntax=own.name if own else None, to_syntax=target.name)
-        started = time.monotonic()
+        assoc = link.assoc
+        ctx_id = assoc.by_pair[(sop_class, str(target))]
+        msg_id = link.next_msg_id()
+        command = ul.c_store_rq(msg_id, sop_class, sop_instance)
         try:
-            status = link.assoc.send_c_store(payload, msg_id=link.next_msg_id())
-        except (AttributeError, ValueError) as exc:
-            # Missing file meta / no usable context / encoding failure: the object, not the peer.
-            raise DeliveryError(f"cannot send the object ({type(exc).__name__}: {_first_line(exc)})",
-                                permanent=True) from None
-        except RuntimeError:
-            raise _Lost(f"association with {self.peer} closed before the C-STORE", stale=True) from None
+            fp = open(path, "rb") if payload is None else None
         except OSError as exc:
             raise DeliveryError(f"cannot read the spooled file ({exc.strerror or type(exc).__name__})") from None
-        if "Status" not in status:
+
+        def send_data():
+            if fp is not None:
+                fp.seek(offset)
+                assoc.channel.send_dataset(ctx_id, fp, os.fstat(fp.fileno()).st_size - offset)
+            else:
+                assoc.channel.send_dataset_bytes(ctx_id, payload)
+
+        started = time.monotonic()
+        try:
+            rsp = assoc.request(ctx_id, command, send_data, msg_id, self.options.timeouts.dimse)
+        except OSError as exc:  # reading the spool file (the channel's errors are ULErrors)
+            raise DeliveryError(f"cannot read the spooled file ({exc.strerror or type(exc).__name__})") from None
+        except ul.ULError as exc:
             elapsed = time.monotonic() - started
-            if elapsed >= self.options.timeouts.dimse * 0.95:
+            if "timed out" in str(exc) and elapsed >= self.options.timeouts.dimse * 0.95:
                 raise _Lost(f"no C-STORE response from {self.peer} within {self.options.timeouts.dimse:g}s",
-                            stale=False)
+                            stale=False) from None
             raise _Lost(f"association with {self.peer} aborted or connection lost during C-STORE",
-                        stale=elapsed < 1.0)
-        return int(status.Status)
+                        stale=elapsed < 1.0) from None
+        finally:
+            if fp is not None:
+                fp.close()
+        status = ul.command_us(rsp, 0x0900)
+        if status is None:
+            raise _Lost(f"C-STORE response from {self.peer} without a status", stale=False)
+        return status
 
     def _judge(self, code: int, sop_instance: str) -> None:
         kind = classify_status(code)

@@ -20,6 +20,22 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Optional
 
+#: This implementation's identity in File Meta Information and association negotiation
+#: (a UUID-derived UID, PS3.5 B.2: no registered root needed).
+IMPLEMENTATION_CLASS_UID = "2.25.273958504213808437402758985714438986756"
+
+
+def _version_name() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"PACSGUARD_{version('pacsguard')}"[:16]
+    except Exception:
+        return "PACSGUARD"
+
+
+IMPLEMENTATION_VERSION_NAME = _version_name()
+
 # PDU types (PS3.8 9.3)
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ = 0x01, 0x02, 0x03
 P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = 0x04, 0x05, 0x06, 0x07

@@ -142,7 +142,7 @@ def send_as_is(port: int, files: list[Path], calling: str) -> list[int]:
     """C-STORE each file's bytes unchanged with a pynetdicom requestor; the statuses."""
     from pynetdicom import AE
 
-    from pacsguard.plugins.dicom._pynetdicom import configure
+    from peers import configure_pynetdicom as configure
 
     configure()  # send files as they are, without decoding them
     ae = AE(ae_title=calling)
@@ -216,7 +216,7 @@ def test_allowed_caller_bound_to_its_host(node, tmp_path):
     """dcmtk cannot pick its source address: a pynetdicom peer connects from 127.0.0.2."""
     from pynetdicom import AE
 
-    from pacsguard.plugins.dicom._pynetdicom import configure
+    from peers import configure_pynetdicom as configure
 
     configure()
     (ct,) = write_ct_series(tmp_path, 1, size=64, seed=7)
@@ -302,7 +302,7 @@ def test_kill_9_during_a_burst_loses_nothing_acknowledged(tmp_path, service, imm
     still only in the spool (received, routed or pending) when the service is killed."""
     from pynetdicom import AE
 
-    from pacsguard.plugins.dicom._pynetdicom import configure
+    from peers import configure_pynetdicom as configure
 
     configure()
     files = write_ct_series(tmp_path / "ct", 150)

@@ -26,7 +26,7 @@ from pacsguard.daemon.errors import ConfigError
 from pacsguard.daemon.plugins import collect, get_plugin_manager
 from pacsguard.daemon.spool import Spool, SpoolFull
 from pacsguard.plugins.dicom import tls as tlsmod
-from pacsguard.plugins.dicom._pynetdicom import configure
+from peers import configure_pynetdicom as configure
 from pacsguard.plugins.dicom.scp import (
     IMPLEMENTATION_CLASS_UID, AllowedCaller, DicomSource, DicomSourceOptions, MalformedDataset, TlsOptions,
     dataset_offset, write_part10,

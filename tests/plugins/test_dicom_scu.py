@@ -225,27 +225,9 @@ def test_objects_share_one_association_and_it_is_released_on_close(scps, dests, 
     assert dest.associations_opened == 1 and associations(scp) == 1
     assert len(scp.files()) == 6
     (link,) = dest._links.values()  # the sending socket does not wait for delayed ACKs
-    assert link.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert link.assoc.channel.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     dest.close()
     wait_for(lambda: "Association Release" in scp.log_path.read_text(), 5, "the association to be released")
-
-
-def test_a_response_taken_by_the_reactor_reaches_the_waiting_sender(scps, dests, tmp_path):
-    """pynetdicom's reactor can take a C-STORE response off the DIMSE queue under load (a
-    race in its pause logic); without the work-around the sender then waits for the whole
-    DIMSE timeout. Feed the reactor's entry point a response as that race would."""
-    from pynetdicom.dimse_primitives import C_STORE
-
-    scp = scps()
-    dest = dests(scp.port)
-    send(dest, variant(CT, tmp_path / "in"))
-    (link,) = dest._links.values()
-    rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo, rsp.Status = 7, 0x0000
-    rsp.AffectedSOPClassUID, rsp.AffectedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3"
-    assert rsp.is_valid_response and not rsp.is_valid_request
-    link.assoc._serve_request(rsp, 1)
-    assert link.assoc.dimse.msg_queue.get_nowait() == (1, rsp)
 
 
 def test_context_set_grows_with_what_was_seen_then_stays(scps, dests):
