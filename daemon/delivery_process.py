@@ -1,15 +1,21 @@
-"""Delivery in a process of its own, so sending does not contend with receiving for one GIL.
+"""Processing and delivery in a worker process, so that they do not contend with
+receiving for one GIL.
 
-The service (parent) keeps the sources and the processing workers; a child process runs the
-:class:`~pacsguard.daemon.delivery.DeliveryManager` on the same spool (SQLite in WAL mode
-is made for several processes). They talk over one pipe:
+The service (parent) keeps the sources: it only receives, makes each object durable and
+answers. A child process runs the :class:`~pacsguard.daemon.pipeline.Processor` (parse,
+route, stages) and the :class:`~pacsguard.daemon.delivery.DeliveryManager` on the same
+spool (SQLite in WAL mode is made for several processes). They talk over one pipe:
 
-- parent -> child: ``("wake", names)`` new deliveries are queued, ``("wake_all",)``,
-  ``("apply", config_text, config_path)`` after a reload, ``("stop", timeout)``;
+- parent -> child: ``("submit", job_id)`` an object was received, ``("requeue",)`` look
+  for jobs put back to 'received' (``pacsguard quarantine retry``), ``("wake", names)``,
+  ``("wake_all",)``, ``("apply", config_text, config_path)`` after a reload,
+  ``("stop", timeout)``;
 - child -> parent: ``("ready",)``, ``("hook", name, kwargs)`` for the observation hooks
-  (delivered, delivery failed, quarantined), which the parent calls on its own plugin
-  manager so metrics and audit plugins see them exactly once, ``("stopped", drained)``,
-  ``("error", reason)`` when the child cannot start.
+  (routed, stage finished, delivered, delivery failed, quarantined), which the parent
+  calls on its own plugin manager so metrics and audit plugins see them exactly once,
+  ``("grew", bytes)`` when processing wrote files into the spool (its size limit is
+  enforced by the receiving side), ``("stopped", drained)``, ``("error", reason)`` when
+  the child cannot start.
 
 If the parent dies (kill -9), the child sees the pipe close, lets in-flight sends finish
 for a few seconds and exits: what it had not sent stays pending in the spool.
@@ -30,14 +36,21 @@ log = structlog.get_logger("pacsguard.delivery")
 #: How long a child whose parent vanished waits for in-flight sends.
 ORPHAN_GRACE = 5.0
 
-_RELAYED = ("pacsguard_object_delivered", "pacsguard_delivery_failed", "pacsguard_object_quarantined")
+_RELAYED = ("pacsguard_object_routed", "pacsguard_stage_finished", "pacsguard_object_delivered",
+            "pacsguard_delivery_failed", "pacsguard_object_quarantined")
 
 
 class DeliveryProcess:
-    """Parent-side handle with the interface of DeliveryManager that the service uses."""
+    """Parent-side handle of the worker process, with the interfaces of the Processor and
+    of the DeliveryManager that the service uses."""
 
-    def __init__(self, loaded, spool_root: Path, spool_max: int, hook, *, start_timeout: float = 60.0):
+    #: the service hands received jobs to this process instead of processing them itself
+    processes = True
+
+    def __init__(self, loaded, spool_root: Path, spool_max: int, hook, *, start_timeout: float = 60.0,
+                 on_grew=None):
         self.hook = hook
+        self._on_grew = on_grew or (lambda n: None)
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._send_lock = threading.Lock()
@@ -77,6 +90,8 @@ class DeliveryProcess:
                     getattr(self.hook, name)(**kwargs)
                 except Exception as exc:  # an observer's bug must not stop the relay
                     log.error("observation hook failed", hook=name, error=type(exc).__name__)
+            elif kind == "grew":
+                self._on_grew(int(msg[1]))
             elif kind == "ready":
                 self._ready.set()
             elif kind == "stopped":
@@ -91,6 +106,18 @@ class DeliveryProcess:
                 self._conn.send(msg)
             except (OSError, ValueError):
                 pass  # the child is gone: alive() says so, the service restarts it
+
+    # -- the Processor interface --------------------------------------------------------
+    def start(self) -> None:
+        """(The child's processing workers started with it.)"""
+
+    def submit(self, job_id: int) -> None:
+        self._send("submit", job_id)
+
+    def requeue_received(self) -> int:
+        """Let the child look for jobs in state 'received'; it logs what it found."""
+        self._send("requeue")
+        return 0
 
     # -- the DeliveryManager interface ------------------------------------------------
     #: a child that died is started again by the service
@@ -110,7 +137,10 @@ class DeliveryProcess:
         return self._proc.is_alive()
 
     def stop(self, timeout: float) -> bool:
-        """Ask the child to stop; True if it drained in time."""
+        """Ask the child to stop (processing, then delivery); True if it drained in time.
+        Called a second time, it answers the first time's result."""
+        if self._stopped.is_set() or self._conn.closed:
+            return self._drained
         if self._proc.is_alive():
             self._send("stop", timeout)
             self._stopped.wait(timeout + 5.0)
@@ -126,14 +156,25 @@ class DeliveryProcess:
 
 
 class _Relay:
-    """Stands in for the plugin manager's hook caller inside the child."""
+    """Stands in for the plugin manager's hook caller inside the child: observation hooks
+    go to the parent, the others (pixel decoding) are called here."""
 
-    def __init__(self, conn, lock: threading.Lock):
+    def __init__(self, conn, lock: threading.Lock, local=None):
         self._conn = conn
         self._lock = lock
+        self._local = local
+
+    def send(self, *msg) -> None:
+        with self._lock:
+            try:
+                self._conn.send(msg)
+            except (OSError, ValueError):
+                pass
 
     def __getattr__(self, name: str):
         if name not in _RELAYED:
+            if self._local is not None and name.startswith("pacsguard_"):
+                return getattr(self._local, name)
             raise AttributeError(name)
 
         def call(**kwargs):
@@ -147,7 +188,7 @@ class _Relay:
 
 
 def child_main(conn, config_text: str, config_path: str | None, spool_root: str, spool_max: int) -> None:
-    """Entry point of the delivery process."""
+    """Entry point of the worker process."""
     # The parent handles the signals; a terminal's Ctrl-C or a reload is not for us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -157,8 +198,9 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
     from .config import load_config_text
     from .delivery import DeliveryManager
     from .logs import configure_logging
+    from .pipeline import Processor
     from .plugins import collect, get_plugin_manager
-    from .service import build_destinations
+    from .service import build_runtime
     from .spool import Spool
 
     lock = threading.Lock()
@@ -168,41 +210,63 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
         path = Path(config_path) if config_path else None
         loaded = load_config_text(config_text, registry, path=path, label=str(path or "<embedded default>"))
         configure_logging(loaded.config.logging.level, loaded.config.logging.format)
-        spool = Spool(Path(spool_root), spool_max)
-        manager = DeliveryManager(spool, _Relay(conn, lock))
-        manager.apply(build_destinations(loaded, registry))
+        relay = _Relay(conn, lock, pm.hook)
+        spool = Spool(Path(spool_root), spool_max, on_grew=lambda n: relay.send("grew", n))
+        state = {"runtime": build_runtime(loaded, registry)}
+        manager = DeliveryManager(spool, relay)
+        manager.apply(state["runtime"].destinations)
+        cfg = loaded.config.processing
+        processor = Processor(spool, relay, lambda: state["runtime"], workers=cfg.workers,
+                              batch_size=cfg.batch_size, on_routed=manager.wake)
+        processor.start()
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready",))
-    log.info("delivery process started", destinations=sorted(manager.workers))
+    requeued = processor.requeue_received()
+    log.info("worker process started", destinations=sorted(manager.workers), requeued=requeued)
 
+    last_requeue = time.monotonic()
     while True:
         if terminate.is_set():
+            processor.stop(0.0)
             manager.stop(0.0)
             return
         try:
-            if not conn.poll(0.5):
-                continue
-            msg = conn.recv()
+            ready = conn.poll(0.5)
+            msg = conn.recv() if ready else None
         except (EOFError, OSError):
-            log.warning("service process went away; delivery process stops",
-                        in_flight=manager.in_flight)
+            log.warning("service process went away; worker process stops", in_flight=manager.in_flight)
+            processor.stop(ORPHAN_GRACE)
             manager.stop(ORPHAN_GRACE)
             return
+        if msg is None:
+            if time.monotonic() - last_requeue >= 5.0:  # a lost "submit" is found again
+                last_requeue = time.monotonic()
+                processor.requeue_received()
+            continue
         kind = msg[0]
-        if kind == "wake":
+        if kind == "submit":
+            processor.submit(msg[1])
+        elif kind == "requeue":
+            last_requeue = time.monotonic()
+            processor.requeue_received()
+        elif kind == "wake":
             manager.wake(msg[1])
         elif kind == "wake_all":
             manager.wake_all()
         elif kind == "apply":
             try:
                 new = load_config_text(msg[1], registry, path=Path(msg[2]) if msg[2] else None)
-                manager.apply(build_destinations(new, registry))
+                runtime = build_runtime(new, registry, state["runtime"].generation + 1)
+                manager.apply(runtime.destinations)
+                state["runtime"] = runtime  # one reference swap: workers pick it up with their next batch
             except Exception as exc:  # the parent validated it; say why if it still fails
-                log.error("delivery process could not apply the new config", error=type(exc).__name__)
+                log.error("worker process could not apply the new config", error=type(exc).__name__)
         elif kind == "stop":
-            drained = manager.stop(float(msg[1]))
+            deadline = time.monotonic() + float(msg[1])
+            processed = processor.stop(float(msg[1]))
+            drained = manager.stop(max(0.0, deadline - time.monotonic())) and processed
             with lock:
                 conn.send(("stopped", drained))
             spool.close()

@@ -83,9 +83,13 @@ class Item:
 
     @property
     def dataset(self) -> Dataset:
-        """The full dataset. Taking it means the stage may change it: it is written out."""
+        """The full dataset. Taking it means the stage may change it: it is written out.
+
+        Large values (pixel data) are read from the file when first used; a stage that
+        only changes attributes never loads them, and :meth:`write` copies them raw."""
         if self._dataset is None:
-            self._dataset = read_dataset(self.path)
+            # the header is this item's own parse (with large values deferred): take it over
+            self._dataset = self._header if self._header is not None else read_header(self.path)
             self._header = None
         self._modified = True
         return self._dataset
@@ -116,13 +120,25 @@ class Item:
         return uid_hash(self.header.get("SOPInstanceUID"))
 
     def write(self, dest: Path) -> int:
-        """Write the (modified) dataset to ``dest`` durably; return its size."""
+        """Write the (modified) dataset to ``dest`` durably; return its size.
+
+        When the pixel data was never loaded (the stages changed attributes only) and the
+        encoding is unchanged, its bytes are copied from the received file by the kernel
+        instead of being read into memory and encoded again."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         ds = self.dataset
         with open(tmp, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=bool(getattr(ds, "file_meta", None)))
-            fh.flush()
+            raw = _raw_pixel_range(ds, self.path)
+            if raw is None:
+                ds.save_as(fh, enforce_file_format=bool(getattr(ds, "file_meta", None)))
+                fh.flush()
+            else:
+                head = ds.copy()  # shallow: the elements are shared, not copied
+                del head[_PIXEL_DATA]
+                head.save_as(fh, enforce_file_format=True)
+                fh.flush()
+                _copy_file_range(self.path, fh, *raw)
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
         return dest.stat().st_size
@@ -145,6 +161,53 @@ def read_dataset(path: Path) -> Dataset:
 
 DEFER_SIZE = 8192
 _UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+_LONG_HEADER_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+
+
+def _raw_pixel_range(ds: Dataset, source: Path) -> tuple[int, int] | None:
+    """(offset, length) in ``source`` of the whole Pixel Data element (header and value)
+    when it can be copied as it is into the encoding of ``ds``; else None.
+
+    That is: the element is still unread (deferred), has a defined length, is the last
+    element, and the data set is written in the transfer syntax it was read in."""
+    raw = ds.get_item(_PIXEL_DATA, keep_deferred=True) if _PIXEL_DATA in ds else None
+    if raw is None or getattr(raw, "value", b"") is not None or getattr(raw, "value_tell", None) is None:
+        return None
+    if raw.length in (None, _UNDEFINED) or ds.filename is None or Path(ds.filename) != Path(source):
+        return None
+    if max(ds.keys()) != _PIXEL_DATA:
+        return None  # elements after the pixel data (padding, signatures): the slow path
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if ts is None or ts == "1.2.840.10008.1.2.1.99" or not ts.is_transfer_syntax:
+        return None
+    implicit, little = ds.original_encoding
+    if (ts.is_implicit_VR, ts.is_little_endian) != (implicit, little) \
+            or (raw.is_implicit_VR, raw.is_little_endian) != (implicit, little):
+        return None
+    header = 8 if implicit or raw.VR not in _LONG_HEADER_VRS else 12
+    return raw.value_tell - header, header + raw.length
+
+
+def _copy_file_range(source: Path, dst, offset: int, length: int) -> None:
+    """Append ``length`` bytes of ``source`` from ``offset`` to the open file ``dst``."""
+    with open(source, "rb") as src:
+        done = 0
+        while done < length:
+            try:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), length - done, offset + done)
+            except OSError:  # another filesystem or no kernel support: copy in user space
+                n = 0
+            if n == 0:
+                src.seek(offset + done)
+                chunk = src.read(min(length - done, 1 << 20))
+                if not chunk:
+                    raise QuarantineError("the received file ends inside its pixel data")
+                dst.write(chunk)
+                dst.flush()
+                n = len(chunk)
+            done += n
 
 
 def _parse_reason(path: Path, exc: Exception) -> str:

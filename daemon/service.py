@@ -132,10 +132,8 @@ class Service:
         adopt_types = {name for name, c in self.registry.sources.items() if c.cls.moves_files}
         stats = self.spool.recover(lambda source_type: source_type in adopt_types)
         self.intake = Intake(self)
-        self.processor = Processor(self.spool, self.pm.hook, lambda: self.runtime,
-                                   workers=cfg.processing.workers, batch_size=cfg.processing.batch_size,
-                                   on_routed=lambda dests: self.delivery.wake(dests))
         self.delivery = self._start_delivery(loaded)
+        self.processor = self._processor()
         if cfg.metrics.enabled:
             self.metrics = Metrics(self.spool.queue_depths, lambda: self.spool.used_bytes)
             self.pm.register(self.metrics, name="pacsguard.metrics")
@@ -210,11 +208,20 @@ class Service:
                 last["status"] = now
                 self.notifier.notify(status=self._status_line())
 
+    def _processor(self):
+        """The worker process processes too; otherwise threads of this process do."""
+        if getattr(self.delivery, "processes", False):
+            return self.delivery
+        cfg = self.loaded.config.processing
+        return Processor(self.spool, self.pm.hook, lambda: self.runtime, workers=cfg.workers,
+                         batch_size=cfg.batch_size, on_routed=lambda dests: self.delivery.wake(dests))
+
     def _start_delivery(self, loaded: configmod.Loaded):
         if self._own_pm and loaded.config.processing.delivery_process:
             from .delivery_process import DeliveryProcess
 
-            return DeliveryProcess(loaded, self.spool.root, self.spool.max_size, self.pm.hook)
+            return DeliveryProcess(loaded, self.spool.root, self.spool.max_size, self.pm.hook,
+                                   on_grew=self.spool.add_used)
         from .delivery import DeliveryManager
 
         manager = DeliveryManager(self.spool, self.pm.hook)
@@ -225,18 +232,25 @@ class Service:
         """A delivery process that died is started again (its work is safe in the spool)."""
         if self.stopping or not self.delivery.restartable or self.delivery.alive():
             return
-        log.error("delivery process died; starting it again")
+        log.error("worker process died; starting it again")
         try:
             self.delivery = self._start_delivery(self.loaded)
         except RuntimeError as exc:
-            log.error("delivery process could not be restarted", error=str(exc))
+            log.error("worker process could not be restarted", error=str(exc))
+            return
+        if getattr(self.delivery, "processes", False):
+            self.processor = self.delivery  # it finds the jobs left 'received' itself
 
     def health(self) -> tuple[bool, str]:
         problems = []
-        if not self.processor.alive():
-            problems.append("processing worker died")
-        if not self.delivery.alive():
-            problems.append("delivery worker died")
+        if self.processor is self.delivery:
+            if not self.delivery.alive():
+                problems.append("worker process died")
+        else:
+            if not self.processor.alive():
+                problems.append("processing worker died")
+            if not self.delivery.alive():
+                problems.append("delivery worker died")
         try:
             self.spool.queue_depths()
         except Exception as exc:

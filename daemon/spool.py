@@ -123,9 +123,12 @@ def _safe(name: str) -> str:
 class Spool:
     """Files + SQLite. Thread-safe: each thread gets its own connection."""
 
-    def __init__(self, root: Path, max_size: int = 0, *, readonly: bool = False):
+    def __init__(self, root: Path, max_size: int = 0, *, readonly: bool = False,
+                 on_grew: Callable[[int], None] | None = None):
         self.root = Path(root)
         self.max_size = max_size
+        #: told how many bytes processing added (the worker process tells the receiving one)
+        self.on_grew = on_grew
         self.db_path = self.root / "spool.db"
         self.incoming = self.root / "incoming"
         self.out = self.root / "out"
@@ -340,6 +343,13 @@ class Spool:
             )
         with self._lock:
             self._used += extra_bytes
+        if extra_bytes and self.on_grew is not None:
+            self.on_grew(extra_bytes)
+
+    def add_used(self, nbytes: int) -> None:
+        """Bytes another process added to the spool."""
+        with self._lock:
+            self._used += nbytes
 
     # -- delivery ----------------------------------------------------------------------
     def next_delivery(self, destination: str, exclude: set[int] = frozenset()) -> Delivery | None:

@@ -1,0 +1,108 @@
+"""Item.write: a header-only change copies the pixel data raw, and the file is exactly
+what pydicom itself would have written; anything else takes pydicom's full path."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from pacsguard.daemon import item as itemmod
+from pacsguard.daemon.item import Item, TransportFacts
+from tests.conftest import bundled_images, write_ct_series
+
+FACTS = TransportFacts(source="test", source_type="folder")
+
+
+def pydicom_writes(src: Path, change) -> bytes:
+    ds = pydicom.dcmread(src)
+    change(ds)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def raw_copies(monkeypatch):
+    calls = []
+    real = itemmod._copy_file_range
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(itemmod, "_copy_file_range", spy)
+    return calls
+
+
+def _institution(ds):
+    ds.InstitutionName = "Written Hospital"
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small.dcm",
+                                  "rtdose.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "emri_small_big_endian.dcm",
+                                  "US1_UNCR.dcm", "SC_rgb.dcm"])
+def test_header_only_change_is_written_as_pydicom_would(name, tmp_path, raw_copies):
+    src = Path(get_testdata_file(name))
+    item = Item(1, src, FACTS)
+    _institution(item.dataset)
+    item.write(tmp_path / "out.dcm")
+    assert (tmp_path / "out.dcm").read_bytes() == pydicom_writes(src, _institution)
+    ds = pydicom.dcmread(src)
+    if (not ds.file_meta.TransferSyntaxUID.is_compressed and max(ds.keys()) == 0x7FE00010
+            and len(ds.PixelData) > itemmod.DEFER_SIZE):
+        assert len(raw_copies) == 1  # large native pixel data, last: copied by the kernel
+    else:  # small (read at once) or encapsulated pixel data, or elements after it: pydicom writes it
+        assert raw_copies == []
+
+
+def test_a_generated_ct_slice_takes_the_raw_copy(tmp_path, raw_copies):
+    (src,) = write_ct_series(tmp_path / "in", 1, size=128)
+    item = Item(1, src, FACTS)
+    _institution(item.dataset)
+    item.write(tmp_path / "out.dcm")
+    assert len(raw_copies) == 1
+    assert (tmp_path / "out.dcm").read_bytes() == pydicom_writes(src, _institution)
+
+
+def test_changed_pixels_take_the_full_path(tmp_path, raw_copies):
+    src = Path(get_testdata_file("CT_small.dcm"))
+    item = Item(1, src, FACTS)
+    ds = item.dataset
+    arr = ds.pixel_array.copy()
+    arr[0, 0] = 1234
+    ds.PixelData = arr.tobytes()
+    item.write(tmp_path / "out.dcm")
+    assert raw_copies == []
+    assert pydicom.dcmread(tmp_path / "out.dcm").pixel_array[0, 0] == 1234
+
+
+def test_elements_after_the_pixel_data_take_the_full_path(tmp_path, raw_copies):
+    src = tmp_path / "padded.dcm"
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 16)  # Data Set Trailing Padding
+    ds.save_as(src, enforce_file_format=True)
+    item = Item(1, src, FACTS)
+    _institution(item.dataset)
+    item.write(tmp_path / "out.dcm")
+    assert raw_copies == []
+    assert (tmp_path / "out.dcm").read_bytes() == pydicom_writes(src, _institution)
+
+
+def test_every_bundled_image_survives_a_header_change(tmp_path):
+    done = 0
+    for src in bundled_images():
+        try:
+            expected = pydicom_writes(src, _institution)
+        except Exception:
+            continue  # pydicom cannot write it either
+        item = Item(1, src, FACTS)
+        _institution(item.dataset)
+        out = tmp_path / f"{src.name}.out"
+        item.write(out)
+        assert out.read_bytes() == expected, src.name
+        done += 1
+    assert done > 20
