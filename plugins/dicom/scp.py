@@ -448,6 +448,8 @@ class DicomSource(Source):
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         opts = self.options
+        ul.preload()
+        acceptable_abstract_syntax(ul.VERIFICATION)
         if opts.tls is not None:
             self._tls = tlsmod.ReloadingContext(opts.tls.build, opts.tls.files(), label=f"source {self.source_name}")
         infos = socket.getaddrinfo(opts.host, opts.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

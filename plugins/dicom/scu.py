@@ -417,6 +417,7 @@ class DicomDestination(Destination):
 
     def __init__(self, name: str, options: DicomDestinationOptions):
         super().__init__(name, options)
+        ul.preload()
         self._tls: tlsmod.ReloadingContext | None = None  # rebuilt when the certificate files change
         self._server_name = None
         if options.tls is not None:

@@ -247,6 +247,15 @@ def _max_length(user_information) -> int:
     return 0
 
 
+def preload() -> None:
+    """Import what the first association would otherwise import (pynetdicom's PDU codec and
+    SOP class tables: ~0.2 s), at start-up rather than while a modality waits."""
+    import importlib
+
+    for name in ("pynetdicom.pdu", "pynetdicom.pdu_primitives", "pynetdicom.sop_class", "pynetdicom.status"):
+        importlib.import_module(name)
+
+
 def decode_proposal(raw: bytes) -> Proposal:
     from pynetdicom.pdu import A_ASSOCIATE_RQ
 
