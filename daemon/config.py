@@ -125,8 +125,8 @@ class ProcessingConfig(_Model):
     workers: int = Field(2, ge=1, le=64, description="threads running route pipelines")
     batch_size: int = Field(8, ge=1, le=1024, description="objects a worker takes at once")
     delivery_process: bool = Field(
-        True, description="send from a separate process, so sending and receiving do not contend for one"
-                          " Python GIL (false: threads of the service process)")
+        True, description="process and send in a worker process, so that receiving never contends with them"
+                          " for one Python GIL (false: threads of the service process)")
 
 
 class RetryConfig(_Model):
