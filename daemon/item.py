@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,30 @@ class Item:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
         return dest.stat().st_size
+
+
+class HeaderCache:
+    """Headers parsed while processing, handed to the delivery of the same file in the same
+    process (each is taken once), so that an unchanged object is not parsed twice."""
+
+    def __init__(self, size: int = 256):
+        self._size = size
+        self._headers: dict[str, Dataset] = {}
+        self._lock = threading.Lock()
+
+    def put(self, path: Path, header: Dataset) -> None:
+        with self._lock:
+            self._headers[str(path)] = header
+            while len(self._headers) > self._size:
+                self._headers.pop(next(iter(self._headers)))
+
+    def take(self, path: Path) -> Dataset | None:
+        with self._lock:
+            return self._headers.pop(str(path), None)
+
+
+#: The process's cache (processing and delivery run in the same process).
+HEADERS = HeaderCache()
 
 
 def read_header(path: Path) -> Dataset:

@@ -17,7 +17,7 @@ from typing import Callable
 import structlog
 
 from .errors import QuarantineError
-from .item import Item, check_integrity, read_header
+from .item import HEADERS, Item, check_integrity, read_header
 from .router import Route, select_routes
 from .spool import Job, Spool
 
@@ -255,6 +255,8 @@ class Processor:
                     if w.item.modified:
                         path = self.spool.out_path(job_id, w.route.name)
                         extra += w.item.write(path)
+                    elif w.item._header is not None and len(ws) == 1 and len(w.route.to) == 1:
+                        HEADERS.put(path, w.item._header)  # its one delivery need not parse it again
                     deliveries.extend((w.route.name, dest, path) for dest in w.route.to)
                 uid = ws[0].item.sop_uid_hash
             except QuarantineError as exc:

@@ -427,12 +427,15 @@ class MessageReader:
     is decoded as soon as it is complete and ``on_command(ctx_id, command)`` returns where
     the data set goes (a callable taking each received piece, or None to discard it).
     Returns ("message", ctx_id, command) or ("release", None, None); raises ULError.
+    A PDU may carry the end of one message and the start of the next: what is left of it
+    is read by the next call.
     """
 
     def __init__(self, channel: Channel, contexts: dict[int, str], *, max_pdu: int = 0):
         self.ch = channel
         self.contexts = contexts
         self.max_pdu = max_pdu
+        self._remaining = 0  # bytes of the current P-DATA-TF PDU not read yet
 
     def next_message(self, on_command: Callable, *, idle_timeout: Optional[float] = None,
                      message_timeout: Optional[float] = None):
@@ -442,32 +445,35 @@ class MessageReader:
         cmd_ctx: Optional[int] = None
         sink = None
         expecting_data = False
-        started = False
+        started = self._remaining > 0
         while True:
-            ch.settimeout(message_timeout if started else idle_timeout)
-            kind, length = ch.read_header()
-            started = True
-            ch.settimeout(message_timeout)
-            if kind == RELEASE_RQ:
-                if command or expecting_data:
-                    raise ProtocolError("A-RELEASE-RQ in the middle of a message")
-                ch.skip(length)
-                return "release", None, None
-            if kind == ABORT:
-                ch.skip(min(length, 16))
-                raise PeerAborted("association aborted by the peer")
-            if kind != P_DATA:
-                raise ProtocolError(f"unexpected {PDU_NAMES.get(kind, f'PDU type 0x{kind:02X}')}")
-            if self.max_pdu and length > self.max_pdu:
-                raise ProtocolError(f"PDU of {length} bytes is larger than the {self.max_pdu} announced")
-            remaining = length
-            while remaining > 0:
-                if remaining < 6:
+            if self._remaining == 0:
+                ch.settimeout(message_timeout if started else idle_timeout)
+                kind, length = ch.read_header()
+                started = True
+                ch.settimeout(message_timeout)
+                if kind == RELEASE_RQ:
+                    if command or expecting_data:
+                        raise ProtocolError("A-RELEASE-RQ in the middle of a message")
+                    ch.skip(length)
+                    return "release", None, None
+                if kind == ABORT:
+                    ch.skip(min(length, 16))
+                    raise PeerAborted("association aborted by the peer")
+                if kind != P_DATA:
+                    raise ProtocolError(f"unexpected {PDU_NAMES.get(kind, f'PDU type 0x{kind:02X}')}")
+                if self.max_pdu and length > self.max_pdu:
+                    raise ProtocolError(f"PDU of {length} bytes is larger than the {self.max_pdu} announced")
+                if length < 6:
+                    raise ProtocolError("malformed P-DATA-TF")
+                self._remaining = length
+            while self._remaining > 0:
+                if self._remaining < 6:
                     raise ProtocolError("malformed P-DATA-TF")
                 head = ch.recv_exact(6)
                 pdv_len, ctx_id, flags = struct.unpack(">IBB", head)
-                remaining -= 4 + pdv_len
-                if pdv_len < 2 or remaining < 0:
+                self._remaining -= 4 + pdv_len
+                if pdv_len < 2 or self._remaining < 0:
                     raise ProtocolError("malformed presentation data value")
                 if ctx_id not in self.contexts:
                     raise ProtocolError(f"presentation context {ctx_id} was not accepted")
@@ -484,12 +490,9 @@ class MessageReader:
                         cmd_ctx = ctx_id
                         expecting_data = command_us(cmd, 0x0800) != NO_DATASET
                         command = bytearray()
-                        if expecting_data:
-                            sink = on_command(ctx_id, cmd)
-                        else:
-                            if remaining:
-                                raise ProtocolError("data after a message without a data set")
+                        if not expecting_data:
                             return "message", ctx_id, cmd
+                        sink = on_command(ctx_id, cmd)
                 else:  # data set fragment
                     if cmd is None or not expecting_data:
                         raise ProtocolError("data set fragment without its command")
@@ -497,6 +500,4 @@ class MessageReader:
                         raise ProtocolError("data set on another presentation context than its command")
                     ch.stream(data_len, sink)
                     if last:
-                        if remaining:
-                            raise ProtocolError("data after the last fragment of a message")
                         return "message", ctx_id, cmd
