@@ -226,3 +226,21 @@ def test_the_c_store_response_names_the_request(node):
     assert ul.command_uid(rsp, 0x0002) == CT_CLASS
     assert len(intake.received) == 1
     s.close()
+
+
+def test_one_pdu_may_end_a_message_and_start_the_next(node):
+    src, intake = node
+    s, _ = associate(src)
+    data = b"\x08\x00\x16\x00UI\x1a\x00" + CT_CLASS.encode().ljust(26, b"\0")
+    s.sendall(p_data(pdv(1, store_command(1, "1.2.3.1"), command=True, last=True)))
+    s.sendall(p_data(pdv(1, data, command=False, last=True),  # end of the first message ...
+                     pdv(1, store_command(2, "1.2.3.2"), command=True, last=True)))  # ... start of the next
+    s.sendall(p_data(pdv(1, data, command=False, last=True)))
+    answered = []
+    for _ in range(2):
+        kind, body = read_pdu(s)
+        assert kind == ul.P_DATA
+        rsp = ul.decode_command(body[6:])
+        answered.append((ul.command_us(rsp, 0x0120), ul.command_us(rsp, 0x0900)))
+    assert answered == [(1, 0), (2, 0)] and len(intake.received) == 2
+    s.close()
