@@ -226,7 +226,6 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
     requeued = processor.requeue_received()
     log.info("worker process started", destinations=sorted(manager.workers), requeued=requeued)
 
-    last_requeue = time.monotonic()
     while True:
         if terminate.is_set():
             processor.stop(0.0)
@@ -241,15 +240,11 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
             manager.stop(ORPHAN_GRACE)
             return
         if msg is None:
-            if time.monotonic() - last_requeue >= 5.0:  # a lost "submit" is found again
-                last_requeue = time.monotonic()
-                processor.requeue_received()
             continue
         kind = msg[0]
         if kind == "submit":
             processor.submit(msg[1])
-        elif kind == "requeue":
-            last_requeue = time.monotonic()
+        elif kind == "requeue":  # every second from the service's main loop
             processor.requeue_received()
         elif kind == "wake":
             manager.wake(msg[1])

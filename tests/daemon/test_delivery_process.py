@@ -25,7 +25,11 @@ FACTS = TransportFacts(source="inbound", source_type="folder")
 
 class Recorder:
     def __init__(self):
-        self.delivered, self.quarantined = [], []
+        self.delivered, self.quarantined, self.routed = [], [], []
+
+    @hookimpl
+    def pacsguard_object_routed(self, job_id, routes):
+        self.routed.append((job_id, routes))
 
     @hookimpl
     def pacsguard_object_delivered(self, job_id, route, destination, attempts, seconds):
@@ -150,3 +154,23 @@ def test_sigterm_to_the_child_stops_it(tmp_path):
     os.kill(proc.pid, signal.SIGTERM)
     assert wait_until(lambda: not proc.alive(), 15)
     proc.stop(1)
+
+
+def test_child_processes_what_the_service_received(tmp_path):
+    """The service only receives: a submitted job is routed and delivered by the child,
+    and the routing hook reaches the parent's plugins."""
+    out = tmp_path / "out"
+    loaded, spool, pm, rec = setup(tmp_path, out)
+    proc = DeliveryProcess(loaded, spool.root, 0, pm.hook)
+    try:
+        src = tmp_path / "in.dcm"
+        src.write_bytes(CT.read_bytes())
+        job = spool.ingest_file(src, FACTS)
+        assert spool.get_job(job).state == "received"
+        proc.submit(job)
+        assert wait_until(lambda: len(rec.delivered) == 1), rec.delivered
+        assert rec.routed == [(job, ["all"])]
+        assert spool.get_job(job).state == "done"
+        assert [p.name for p in out.iterdir()]
+    finally:
+        assert proc.stop(10)
