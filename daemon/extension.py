@@ -98,6 +98,14 @@ class Source(_Contribution):
     #: moved): an orphan file found in the spool after a crash is adopted, not dropped.
     moves_files: ClassVar[bool] = False
 
+    @classmethod
+    def orphan_facts(cls, path) -> dict | None:
+        """At start-up, for a complete file of this source found in the spool without its
+        record (a crash, or a power loss that took the last commits): the transport
+        facts to adopt it with (``calling_ae``, ``called_ae``, ``calling_host``), or None
+        to delete it (it was never acknowledged). Default: adopt when ``moves_files``."""
+        return {} if cls.moves_files else None
+
     def __init__(self, name: str, options: Options, intake: Any):
         self.source_name = name
         self.options = options

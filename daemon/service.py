@@ -129,8 +129,10 @@ class Service:
         self.loaded = loaded
         self.runtime = build_runtime(loaded, self.registry)
         self.spool = Spool(cfg.spool.path, cfg.spool.max_size)
-        adopt_types = {name for name, c in self.registry.sources.items() if c.cls.moves_files}
-        stats = self.spool.recover(lambda source_type: source_type in adopt_types)
+        source_types = {name: c.cls for name, c in self.registry.sources.items()}
+        stats = self.spool.recover(
+            lambda source_type, path: source_types[source_type].orphan_facts(path)
+            if source_type in source_types else None)
         self.intake = Intake(self)
         self.delivery = self._start_delivery(loaded)
         self.processor = self._processor()

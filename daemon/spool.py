@@ -7,10 +7,15 @@ Layout under the spool folder::
     out/<job id>/<route>.dcm      a route's processed output (only when stages changed it)
     quarantine/<id>.dcm|.json     quarantined objects (hard links) and their records
 
-Durability rule: an object's file is fsync'd (file and folder) before its job row is
-committed, and a source acknowledges only after that commit. After a crash, a file in
-``incoming/`` without a row was never acknowledged: it is adopted when its source moved
-it out of a watched folder (the original is gone), deleted otherwise.
+Durability rule: the files are the truth, the database is their index. An object is
+written as ``*.part``, fsync'd, renamed to its final name and its folder fsync'd; then its
+job row is committed and the source acknowledges. That commit is not fsync'd by itself
+(WAL, synchronous=NORMAL): a kill -9 keeps it (it is in the OS), a power loss may take the
+last commits, but never a file. At start-up a complete file in ``incoming/`` without a row
+is adopted with the facts its source recorded in it (see ``Source.orphan_facts``), or
+deleted when its source says it cannot have been acknowledged; ``*.part`` files are
+deleted. An adopted object that was in fact never acknowledged is sent again by its
+sender: delivery is at-least-once.
 """
 
 from __future__ import annotations
@@ -158,10 +163,10 @@ class Spool:
                 conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
                 conn.execute("PRAGMA journal_mode=WAL")
                 # NORMAL: in WAL mode a commit is atomic and consistent, and becomes
-                # durable at the next fsync of the WAL. Only intake needs a commit to be
-                # durable before it returns (the object is acknowledged next): _record
-                # commits with synchronous=FULL. Losing the last routing or delivery
-                # updates to a power cut means re-processing or re-sending: at-least-once.
+                # durable at the next fsync of the WAL. A power cut may take the last
+                # commits: lost intake rows are rebuilt from the files (recover), lost
+                # routing or delivery updates mean re-processing or re-sending
+                # (at-least-once). A kill -9 loses nothing: the commits are in the OS.
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.row_factory = sqlite3.Row
@@ -181,21 +186,6 @@ class Spool:
 
     def _tx(self):
         return self._Tx(self._conn())
-
-    def _durable_tx(self):
-        """A transaction whose commit is on disk when it returns (synchronous=FULL)."""
-        return self._DurableTx(self._conn())
-
-    class _DurableTx(_Tx):
-        def __enter__(self):
-            self.conn.execute("PRAGMA synchronous=FULL")
-            return super().__enter__()
-
-        def __exit__(self, exc_type, *rest):
-            try:
-                super().__exit__(exc_type, *rest)
-            finally:
-                self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -262,7 +252,7 @@ class Spool:
     def _record(self, path: Path, facts: TransportFacts) -> int:
         size = path.stat().st_size
         now = time.time()
-        with self._durable_tx() as db:
+        with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO jobs (path, size, source, source_type, calling_ae, called_ae, calling_host,"
                 " received_at, state, updated_at) VALUES (?,?,?,?,?,?,?,?, 'received', ?)",
@@ -275,11 +265,12 @@ class Spool:
         return job_id
 
     # -- recovery ------------------------------------------------------------------------
-    def recover(self, adopt: Callable[[str], bool]) -> dict:
+    def recover(self, adopt: Callable[[str, Path], dict | None]) -> dict:
         """After a start (or crash): drop partial files, adopt or drop orphans.
 
-        ``adopt(source_type)`` says whether an orphan from that source type is adopted.
-        Jobs in 'received' need processing again; the service re-queues them.
+        ``adopt(source_type, path)`` gives the transport facts to adopt an orphan with
+        (a dict, maybe empty), or None to drop it. Jobs in 'received' need processing
+        again; the service re-queues them.
         """
         known = {row[0] for row in self._conn().execute("SELECT path FROM jobs")}
         stats = {"partial_removed": 0, "orphans_adopted": 0, "orphans_removed": 0}
@@ -293,10 +284,11 @@ class Spool:
                     f.unlink(missing_ok=True)
                     stats["partial_removed"] += 1
                 elif rel not in known:
-                    if adopt(source_type):
+                    facts = adopt(source_type, f)
+                    if facts is not None:
                         fsync_file(f)
                         self._record(f, TransportFacts(source=source, source_type=source_type,
-                                                       received_at=f.stat().st_mtime))
+                                                       received_at=f.stat().st_mtime, **facts))
                         stats["orphans_adopted"] += 1
                     else:
                         f.unlink(missing_ok=True)

@@ -274,14 +274,19 @@ def dataset_offset(fp: BinaryIO, transfer_syntax: str) -> int:
 def _meta_element(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
     if len(value) % 2:
         value += pad
-    if vr == b"OB":
+    if vr in _LONG_VRS:  # OB, UR: 2 reserved bytes and a 4-byte length
         return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
     return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
-def file_meta_bytes(*, sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str | None) -> bytes:
+def file_meta_bytes(*, sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str | None,
+                    called_ae: str | None = None, calling_host: str | None = None) -> bytes:
     """Preamble, ``DICM`` and the File Meta Information group for a received object
-    (PS3.10 7.1; Explicit VR Little Endian, encoded here: it is on every C-STORE's path)."""
+    (PS3.10 7.1; Explicit VR Little Endian, encoded here: it is on every C-STORE's path).
+
+    Besides the object's identity it records how the object came: the caller's AE title
+    (Source AE Title), this node's (Receiving AE Title) and the caller's address (Sending
+    Presentation Address). The spool's recovery reads them back (:func:`orphan_facts`)."""
     body = (_meta_element(0x0001, b"OB", b"\x00\x01", b"\0")
             + _meta_element(0x0002, b"UI", sop_class.encode("ascii"), b"\0")
             + _meta_element(0x0003, b"UI", sop_instance.encode("ascii"), b"\0")
@@ -290,7 +295,33 @@ def file_meta_bytes(*, sop_class: str, sop_instance: str, transfer_syntax: str, 
             + _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" "))
     if source_ae:
         body += _meta_element(0x0016, b"AE", source_ae.encode("ascii", "replace")[:16], b" ")
+    if called_ae:
+        body += _meta_element(0x0018, b"AE", called_ae.encode("ascii", "replace")[:16], b" ")
+    if calling_host:
+        host = f"[{calling_host}]" if ":" in calling_host else calling_host
+        body += _meta_element(0x0027, b"UR", f"dicom://{host}".encode("ascii", "replace")[:200], b" ")
     return b"\x00" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body)), b"\0") + body
+
+
+def orphan_facts(path: Path) -> dict:
+    """The transport facts of a received file, read back from its File Meta Information
+    (for the spool's recovery); the fields it cannot read are left out."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:
+        return {}
+    facts = {}
+    for key, keyword in (("calling_ae", "SourceApplicationEntityTitle"),
+                         ("called_ae", "ReceivingApplicationEntityTitle")):
+        value = str(meta.get(keyword) or "").strip()
+        if value:
+            facts[key] = value
+    address = str(meta.get("SendingPresentationAddress") or "").strip()
+    if address.startswith("dicom://"):
+        facts["calling_host"] = address[len("dicom://"):].strip("[]")
+    return facts
 
 
 def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int) -> int:
@@ -317,14 +348,14 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int) -> int:
 
 
 def write_part10(src: Path, dst: Path, *, sop_class: str, sop_instance: str, transfer_syntax: str,
-                 source_ae: str | None = None) -> int:
+                 source_ae: str | None = None, called_ae: str | None = None, calling_host: str | None = None) -> int:
     """Write a Part-10 file at ``dst`` (which must not exist) from the data set received in
     ``src`` (pynetdicom's chunked file); the data set bytes are copied unparsed. Returns
     the size of ``dst``."""
     if not sop_class or not sop_instance:
         raise MalformedDataset("the C-STORE request names no SOP class or instance")
     meta = file_meta_bytes(sop_class=sop_class, sop_instance=sop_instance, transfer_syntax=transfer_syntax,
-                           source_ae=source_ae)
+                           source_ae=source_ae, called_ae=called_ae, calling_host=calling_host)
     with open(src, "rb") as fin:
         offset = dataset_offset(fin, transfer_syntax)
         if os.fstat(fin.fileno()).st_size <= offset:
@@ -429,6 +460,13 @@ class DicomSource(Source):
 
     name = "dicom"
     Options = DicomSourceOptions
+
+    @classmethod
+    def orphan_facts(cls, path: Path) -> dict:
+        """A received file is complete once it has its final name (it was fsync'd as a
+        partial first) and may have been acknowledged: adopt it with the facts its File
+        Meta Information recorded."""
+        return orphan_facts(path)
 
     def __init__(self, name, options, intake):
         super().__init__(name, options, intake)
@@ -751,7 +789,8 @@ class DicomSource(Source):
             store.partial = Path(self.intake.new_partial(store.facts))
             store.fp = open(store.partial, "xb", buffering=0)
             store.fp.write(file_meta_bytes(sop_class=sop_class, sop_instance=sop_instance,
-                                           transfer_syntax=session.contexts[ctx_id], source_ae=session.calling_ae))
+                                           transfer_syntax=session.contexts[ctx_id], source_ae=session.calling_ae,
+                                           called_ae=session.called_ae, calling_host=session.host))
         except SpoolFull:
             store.discard()
             return _Incoming(self._refuse_spool_full())
@@ -799,7 +838,8 @@ class DicomSource(Source):
                 try:
                     write_part10(store.partial, fixed, sop_class=ul.command_uid(cmd, 0x0002),
                                  sop_instance=sop_instance, transfer_syntax=session.contexts[ctx_id],
-                                 source_ae=session.calling_ae)
+                                 source_ae=session.calling_ae, called_ae=session.called_ae,
+                                 calling_host=session.host)
                 except BaseException:
                     fixed.unlink(missing_ok=True)
                     raise

@@ -138,16 +138,16 @@ def test_recover_drops_partials_and_adopts_or_drops_orphans(spool, tmp_path):
     shutil.copyfile(MR, streamed)
     asked = []
 
-    def adopt(source_type):
+    def adopt(source_type, path):
         asked.append(source_type)
-        return source_type == "folder"
+        return {} if source_type == "folder" else None
 
     stats = spool.recover(adopt)
 
     assert stats == {"partial_removed": 1, "orphans_adopted": 1, "orphans_removed": 1}
     assert sorted(set(asked)) == ["dicom", "folder"]
     assert not partial.exists() and not out_tmp.exists()
-    assert not streamed.exists(), "an orphan of a non-moving source was never acknowledged"
+    assert not streamed.exists(), "an orphan its source says was never acknowledged"
     assert moved.exists()
     jobs = spool.received_jobs()
     assert len(jobs) == 2 and jobs[0] == known

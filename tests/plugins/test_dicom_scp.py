@@ -324,6 +324,30 @@ def test_store_acknowledges_durable_part10_files(node):
     assert not _leftovers(intake.spool)
 
 
+def test_a_received_file_whose_record_was_lost_is_adopted_with_its_facts(node):
+    """The intake commit is not fsync'd by itself: a power cut may take the job row of an
+    acknowledged object, never its file. At the next start the file is adopted with the
+    transport facts its File Meta Information recorded."""
+    src, intake = node(allowed_callers=[{"ae_title": "CT1"}])
+    f = Path(get_testdata_file("CT_small.dcm"))
+    assoc = scu(src.port, calling="CT1", files=[f])
+    try:
+        assert assoc.send_c_store(f).Status == 0x0000
+    finally:
+        assoc.release()
+    (job,) = _jobs(intake.spool)
+    meta = pydicom.dcmread(intake.spool.root / job["path"], stop_before_pixels=True).file_meta
+    assert (meta.SourceApplicationEntityTitle, meta.ReceivingApplicationEntityTitle,
+            meta.SendingPresentationAddress) == ("CT1", "PACSGUARD", "dicom://127.0.0.1")
+    with intake.spool._tx() as db:  # what a power cut right after the acknowledgement may do
+        db.execute("DELETE FROM jobs")
+    stats = intake.spool.recover(lambda source_type, path: DicomSource.orphan_facts(path))
+    assert stats["orphans_adopted"] == 1 and stats["orphans_removed"] == 0
+    (adopted,) = _jobs(intake.spool)
+    assert adopted["path"] == job["path"] and adopted["state"] == "received"
+    assert (adopted["calling_ae"], adopted["called_ae"], adopted["calling_host"]) == ("CT1", "PACSGUARD", "127.0.0.1")
+
+
 def _file_in(ts: str, path: Path) -> Path:
     """A small CT object in transfer syntax ``ts`` (compressed ones carry placeholder
     frames: the receiver must store them without decoding anything)."""
