@@ -1,12 +1,14 @@
 """The DICOM network source: this node's AE answers C-ECHO and stores C-STORE requests.
 
 Every storage SOP class is accepted (private and unknown ones too) in the transfer syntax
-the caller proposes first: the dataset is never decoded or re-encoded here. pynetdicom
-streams each incoming data set into a temporary file; the C-STORE handler turns it into a
-DICOM Part-10 file in the spool (fresh File Meta Information + the data set bytes, copied
-with ``sendfile``), has the spool fsync and record it, and only then answers Success. When
-the spool is over its limit, the service is stopping, or the write fails, the answer is a
-failure status (0xA700) and nothing of the object stays in the spool.
+the caller proposes first: the dataset is never decoded or re-encoded here. Each
+association runs in a thread of its own over :mod:`.ul`. When a C-STORE request's command
+arrives, a partial file is opened in the spool with fresh File Meta Information (which
+also records the caller); the data set's fragments are written into it as they come off
+the socket. Then the spool fsyncs and records it, and only then the answer is Success.
+When the spool is over its limit, the service is stopping, or the write fails, the answer
+is a failure status (0xA700); the data set is read and discarded, and nothing of the
+object stays in the spool. A caller that breaks the protocol gets an A-ABORT.
 
 Access: the called AE title must be this node's; the calling AE title must be on the
 allow-list (optionally from a given host or network); otherwise the association is
@@ -238,10 +240,10 @@ def _element_end(fp: BinaryIO, pos: int, implicit: bool, little: bool) -> tuple[
 
 
 def dataset_offset(fp: BinaryIO, transfer_syntax: str) -> int:
-    """Where the data set starts in pynetdicom's received file.
+    """Where the data set starts in a received file.
 
-    The file may begin with a preamble, ``DICM`` and File Meta Information (pynetdicom 2.1+)
-    or with the data set itself. Group 0002 elements that a non-conformant caller put into
+    The file may begin with a preamble, ``DICM`` and File Meta Information, or with the
+    data set itself. Group 0002 elements that a non-conformant caller put into
     the data set are skipped too (they would be read as File Meta), unless the data set is
     deflated or in a transfer syntax whose encoding is unknown.
     """
@@ -350,7 +352,7 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int) -> int:
 def write_part10(src: Path, dst: Path, *, sop_class: str, sop_instance: str, transfer_syntax: str,
                  source_ae: str | None = None, called_ae: str | None = None, calling_host: str | None = None) -> int:
     """Write a Part-10 file at ``dst`` (which must not exist) from the data set received in
-    ``src`` (pynetdicom's chunked file); the data set bytes are copied unparsed. Returns
+    ``src`` (a received file, with or without meta); the data set bytes are copied unparsed. Returns
     the size of ``dst``."""
     if not sop_class or not sop_instance:
         raise MalformedDataset("the C-STORE request names no SOP class or instance")
