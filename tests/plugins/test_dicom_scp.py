@@ -24,9 +24,10 @@ from pydicom.uid import (
 from pacsguard.daemon.config import load_config_text
 from pacsguard.daemon.errors import ConfigError
 from pacsguard.daemon.plugins import collect, get_plugin_manager
-from pacsguard.daemon.spool import Spool, SpoolFull
+from pacsguard.daemon.spool import Spool
 from pacsguard.plugins.dicom import tls as tlsmod
 from peers import configure_pynetdicom as configure
+from tests.plugins.intake import SpoolIntake
 from pacsguard.plugins.dicom.scp import (
     IMPLEMENTATION_CLASS_UID, AllowedCaller, DicomSource, DicomSourceOptions, MalformedDataset, TlsOptions,
     dataset_offset, write_part10,
@@ -213,25 +214,6 @@ def test_empty_or_unnamed_data_set_is_refused(tmp_path):
 
 
 # --- a real source on loopback -------------------------------------------------------------
-
-
-class SpoolIntake:
-    """The service's Intake contract over a real spool (no service around it)."""
-
-    def __init__(self, spool: Spool):
-        self.spool = spool
-        self.accepting = True
-
-    def has_room(self) -> bool:
-        return self.spool.has_room()
-
-    def new_partial(self, facts) -> Path:
-        if not self.spool.has_room():
-            raise SpoolFull()
-        return self.spool.new_partial(facts)
-
-    def commit_partial(self, partial, facts) -> int:
-        return self.spool.commit_partial(Path(partial), facts)
 
 
 @pytest.fixture

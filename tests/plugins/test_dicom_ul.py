@@ -19,28 +19,11 @@ from pydicom.data import get_testdata_file
 from pacsguard.daemon.spool import Spool
 from pacsguard.plugins.dicom import ul
 from pacsguard.plugins.dicom.scp import DicomSource, DicomSourceOptions
+from tests.plugins.intake import SpoolIntake
 
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve - FIND: not a storage class
-
-
-class SpoolIntake:
-    def __init__(self, spool: Spool):
-        self.spool = spool
-        self.accepting = True
-        self.received = []
-
-    def has_room(self):
-        return self.spool.has_room()
-
-    def new_partial(self, facts):
-        return self.spool.new_partial(facts)
-
-    def commit_partial(self, partial, facts):
-        job = self.spool.commit_partial(Path(partial), facts)
-        self.received.append(job)
-        return job
 
 
 @pytest.fixture
