@@ -58,9 +58,12 @@ class DeliveryProcess:
         self._stopped = threading.Event()
         self._drained = False
         self._error: str | None = None
+        # Only the observation hooks that something here implements cross the pipe.
+        observed = [name for name in _RELAYED if getattr(hook, name).get_hookimpls()]
         self._proc = ctx.Process(
             target=child_main, name="pacsguard-delivery", daemon=True,
-            args=(child_conn, loaded.text, str(loaded.path) if loaded.path else None, str(spool_root), spool_max),
+            args=(child_conn, loaded.text, str(loaded.path) if loaded.path else None, str(spool_root), spool_max,
+                  observed),
         )
         self._proc.start()
         child_conn.close()
@@ -159,10 +162,11 @@ class _Relay:
     """Stands in for the plugin manager's hook caller inside the child: observation hooks
     go to the parent, the others (pixel decoding) are called here."""
 
-    def __init__(self, conn, lock: threading.Lock, local=None):
+    def __init__(self, conn, lock: threading.Lock, local=None, observed=_RELAYED):
         self._conn = conn
         self._lock = lock
         self._local = local
+        self._observed = frozenset(observed)
 
     def send(self, *msg) -> None:
         with self._lock:
@@ -176,6 +180,8 @@ class _Relay:
             if self._local is not None and name.startswith("pacsguard_"):
                 return getattr(self._local, name)
             raise AttributeError(name)
+        if name not in self._observed:
+            return _ignore
 
         def call(**kwargs):
             with self._lock:
@@ -187,7 +193,12 @@ class _Relay:
         return call
 
 
-def child_main(conn, config_text: str, config_path: str | None, spool_root: str, spool_max: int) -> None:
+def _ignore(**kwargs) -> None:
+    """An observation hook that nothing in the service process implements."""
+
+
+def child_main(conn, config_text: str, config_path: str | None, spool_root: str, spool_max: int,
+               observed=_RELAYED) -> None:
     """Entry point of the worker process."""
     # The parent handles the signals; a terminal's Ctrl-C or a reload is not for us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -210,7 +221,7 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
         path = Path(config_path) if config_path else None
         loaded = load_config_text(config_text, registry, path=path, label=str(path or "<embedded default>"))
         configure_logging(loaded.config.logging.level, loaded.config.logging.format)
-        relay = _Relay(conn, lock, pm.hook)
+        relay = _Relay(conn, lock, pm.hook, observed)
         spool = Spool(Path(spool_root), spool_max, on_grew=lambda n: relay.send("grew", n))
         state = {"runtime": build_runtime(loaded, registry)}
         manager = DeliveryManager(spool, relay)

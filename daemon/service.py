@@ -134,11 +134,12 @@ class Service:
             lambda source_type, path: source_types[source_type].orphan_facts(path)
             if source_type in source_types else None)
         self.intake = Intake(self)
+        if cfg.metrics.enabled:  # before the worker process starts: it relays what this observes
+            self.metrics = Metrics(self.spool.queue_depths, lambda: self.spool.used_bytes)
+            self.pm.register(self.metrics, name="pacsguard.metrics")
         self.delivery = self._start_delivery(loaded)
         self.processor = self._processor()
         if cfg.metrics.enabled:
-            self.metrics = Metrics(self.spool.queue_depths, lambda: self.spool.used_bytes)
-            self.pm.register(self.metrics, name="pacsguard.metrics")
             self.metrics_server = MetricsServer(self.metrics, self.health, cfg.metrics.host, cfg.metrics.port)
         self._install_signals()
         self.processor.start()

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 
 from pacsguard.daemon.config import load_config_text
-from pacsguard.daemon.delivery_process import DeliveryProcess
+from pacsguard.daemon.delivery_process import DeliveryProcess, _Relay
 from pacsguard.daemon.hookspecs import hookimpl
 from pacsguard.daemon.item import TransportFacts
 from pacsguard.daemon.plugins import collect, get_plugin_manager
@@ -103,6 +104,23 @@ def test_quarantine_in_the_child_reaches_the_parent(tmp_path):
         assert spool.get_job(job).state == "quarantined"
     finally:
         proc.stop(10)
+
+
+def test_only_hooks_the_parent_observes_cross_the_pipe():
+    import multiprocessing
+    import threading
+
+    a, b = multiprocessing.Pipe()
+    relay = _Relay(a, threading.Lock(), None, observed=["pacsguard_object_delivered"])
+    relay.pacsguard_object_routed(job_id=1, routes=["all"])
+    relay.pacsguard_stage_finished(job_id=1, route="all", stage="x", seconds=0.1, outcome="ok")
+    relay.pacsguard_object_delivered(job_id=1, route="all", destination="out", attempts=1, seconds=0.2)
+    assert b.poll(1)
+    assert b.recv() == ("hook", "pacsguard_object_delivered",
+                        {"job_id": 1, "route": "all", "destination": "out", "attempts": 1, "seconds": 0.2})
+    assert not b.poll(0.1)  # routed and stage_finished: nobody listens, nothing was sent
+    with pytest.raises(AttributeError):
+        relay.pacsguard_not_a_hook
 
 
 PARENT = """
