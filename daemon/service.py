@@ -74,6 +74,8 @@ class Intake:
     def __init__(self, service: "Service"):
         self._service = service
         self.spool = service.spool
+        self._waiting: list[tuple[Path, object]] = []  # secured, not recorded yet
+        self._waiting_lock = threading.Lock()
 
     def has_room(self) -> bool:
         return self.spool.has_room()
@@ -95,9 +97,46 @@ class Intake:
         return self.spool.new_partial(facts)
 
     def commit_partial(self, partial: Path, facts) -> int:
-        job_id = self.spool.commit_partial(Path(partial), facts)
+        """Secure and record a fully written partial file (see secure/record)."""
+        return self.record(self.secure(partial, facts), facts)
+
+    def secure(self, partial: Path, facts) -> Path:
+        """Make a fully written partial file durable; return its final path. The source
+        may acknowledge the object now, and hand the path to :meth:`record` after."""
+        return self.spool.secure_partial(Path(partial))
+
+    def record(self, path: Path, facts) -> int | None:
+        """Record a secured file as a received job and start its processing. Never raises:
+        when the spool's database refuses, the file waits (it is durable) and is recorded
+        by :meth:`record_waiting`, which the service calls every second."""
+        try:
+            job_id = self.spool.record(Path(path), facts)
+        except Exception as exc:
+            with self._waiting_lock:
+                self._waiting.append((Path(path), facts))
+            log.error("received object not recorded yet; it is safe in the spool and will be recorded"
+                      " when the spool's database answers", source=facts.source, error=bug_summary(exc))
+            return None
         self._service._received(job_id, facts)
         return job_id
+
+    def record_waiting(self) -> int:
+        """Record the secured files that could not be recorded before; returns how many."""
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, []
+        done = 0
+        for i, (path, facts) in enumerate(waiting):
+            try:
+                job_id = self.spool.record(path, facts)
+            except Exception:
+                with self._waiting_lock:
+                    self._waiting[:0] = waiting[i:]
+                break
+            self._service._received(job_id, facts)
+            done += 1
+        if done:
+            log.info("received objects recorded after a delay", objects=done)
+        return done
 
 
 class Service:
@@ -192,6 +231,7 @@ class Service:
                 last["poll"] = now
                 if self._config_changed():
                     self.reload("config file changed")
+                self.intake.record_waiting()
                 self.processor.requeue_received()  # retries from the CLI
                 self._check_delivery()
                 self.delivery.wake_all()
@@ -367,6 +407,7 @@ class Service:
                 source.stop()
             except Exception as exc:
                 log.error("source did not stop cleanly", error=bug_summary(exc))
+        self.intake.record_waiting()  # (what still cannot be recorded is adopted at the next start)
         processed = self.processor.stop(max(0.0, deadline - time.monotonic()))
         delivered = self.delivery.stop(max(0.0, deadline - time.monotonic()))
         try:

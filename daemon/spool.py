@@ -8,8 +8,9 @@ Layout under the spool folder::
     quarantine/<id>.dcm|.json     quarantined objects (hard links) and their records
 
 Durability rule: the files are the truth, the database is their index. An object is
-written as ``*.part``, fsync'd, renamed to its final name and its folder fsync'd; then its
-job row is committed and the source acknowledges. That commit is not fsync'd by itself
+written as ``*.part``, fsync'd, renamed to its final name and its folder fsync'd; from then
+on the source may acknowledge it (the DICOM source does, and writes the job row after its
+answer; the folder source writes the row first). That commit is not fsync'd by itself
 (WAL, synchronous=NORMAL): a kill -9 keeps it (it is in the OS), a power loss may take the
 last commits, but never a file. At start-up a complete file in ``incoming/`` without a row
 is adopted with the facts its source recorded in it (see ``Source.orphan_facts``), or
@@ -212,11 +213,23 @@ class Spool:
 
     def commit_partial(self, partial: Path, facts: TransportFacts) -> int:
         """Make a fully written partial file durable and record it; return the job id."""
+        return self.record(self.secure_partial(partial), facts)
+
+    def secure_partial(self, partial: Path) -> Path:
+        """Make a fully written partial file durable under its final name, and return that.
+
+        From here the object is safe: a source may acknowledge it. Its job row follows
+        (:meth:`record`); should the process die in between, :meth:`recover` adopts the
+        file at the next start."""
         final = partial.with_name(partial.name[: -len(".part")])
         fsync_file(partial)
         os.rename(partial, final)
         fsync_dir(final.parent)
-        return self._record(final, facts)
+        return final
+
+    def record(self, path: Path, facts: TransportFacts) -> int:
+        """Record a secured file as a received job; return the job id."""
+        return self._record(path, facts)
 
     def ingest_file(self, src: Path, facts: TransportFacts) -> int:
         """Move a complete file into the spool (atomically on one filesystem) and record it.

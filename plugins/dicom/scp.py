@@ -5,7 +5,9 @@ the caller proposes first: the dataset is never decoded or re-encoded here. Each
 association runs in a thread of its own over :mod:`.ul`. When a C-STORE request's command
 arrives, a partial file is opened in the spool with fresh File Meta Information (which
 also records the caller); the data set's fragments are written into it as they come off
-the socket. Then the spool fsyncs and records it, and only then the answer is Success.
+the socket. Then the spool fsyncs it under its final name, and only then the answer is
+Success; the object's job row is written after the answer, while the caller sends its next
+object (a file without its row is adopted at the next start, see the spool).
 When the spool is over its limit, the service is stopping, or the write fails, the answer
 is a failure status (0xA700); the data set is read and discarded, and nothing of the
 object stays in the spool. A caller that breaks the protocol gets an A-ABORT.
@@ -394,6 +396,7 @@ class _Incoming:
         self.status = status  # decided before the data arrived: refuse, discard the data
         self.facts = None
         self.partial: Path | None = None
+        self.final: Path | None = None  # secured under its final name, to be recorded
         self.fp = None
         self.written = 0
         self.error: OSError | None = None
@@ -746,9 +749,12 @@ class DicomSource(Source):
                 return "association released"
             field_ = ul.command_us(cmd, 0x0100)
             msg_id = ul.command_us(cmd, 0x0110) or 0
+            secured = None
             if field_ == ul.C_STORE_RQ:
                 store = incoming.pop()
                 status = self._finish(session, ctx_id, cmd, store)
+                if store.final is not None:
+                    secured = store
                 answer = ul.c_store_rsp(msg_id, ul.command_uid(cmd, 0x0002), ul.command_uid(cmd, 0x1000), status)
             elif field_ == ul.C_ECHO_RQ:
                 answer = ul.c_echo_rsp(msg_id, SUCCESS)
@@ -767,6 +773,9 @@ class DicomSource(Source):
                 log.info("association ended without release", source=self.source_name, reason=str(exc))
                 ch.close()
                 return "association aborted"
+            finally:
+                if secured is not None:  # answered (or the caller is gone): stored all the same
+                    self._record(secured, ul.command_uid(cmd, 0x1000))
 
     # -- C-STORE ------------------------------------------------------------------------
     def _begin(self, session: _Session, ctx_id: int, cmd: dict) -> _Incoming:
@@ -802,25 +811,39 @@ class DicomSource(Source):
         return store
 
     def _finish(self, session: _Session, ctx_id: int, cmd: dict, store: _Incoming) -> int:
-        """The data set is complete: make it durable and record it, then answer."""
+        """The data set is complete: make it durable, then answer. A stored object is
+        recorded after the answer (:meth:`_record`): the caller sends its next object
+        meanwhile."""
+        status = None
         try:
             status = self._commit(session, ctx_id, cmd, store)
         finally:
             store.discard()  # after a commit there is nothing left to discard
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
+            if store.final is None:
+                self._done()
         if status == SUCCESS:
             session.stored += 1
         else:
             session.refused += 1
         return status
 
-    def _abandon(self, store: _Incoming) -> None:
-        store.discard()
+    def _record(self, store: _Incoming, sop_instance: str) -> None:
+        """Hand a secured (and answered) object to the service."""
+        try:
+            job_id = self.intake.record(store.final, store.facts)
+            log.debug("C-STORE recorded", source=self.source_name, job=job_id, sop=uid_hash(sop_instance))
+        finally:
+            store.final = None
+            self._done()
+
+    def _done(self) -> None:
         with self._idle:
             self._inflight -= 1
             self._idle.notify_all()
+
+    def _abandon(self, store: _Incoming) -> None:
+        store.discard()
+        self._done()
 
     def _commit(self, session: _Session, ctx_id: int, cmd: dict, store: _Incoming) -> int:
         if store.status is not None:
@@ -847,7 +870,7 @@ class DicomSource(Source):
                     raise
                 store.partial.unlink(missing_ok=True)
                 store.partial = fixed
-            job_id = self.intake.commit_partial(store.partial, store.facts)
+            store.final = Path(self.intake.secure(store.partial, store.facts))
             store.partial = None
         except SpoolFull:
             return self._refuse_spool_full()
@@ -864,7 +887,6 @@ class DicomSource(Source):
         if self._spool_full:
             self._spool_full = False
             log.info("spool has room again: storing resumed", source=self.source_name)
-        log.debug("C-STORE acknowledged", source=self.source_name, job=job_id, sop=uid_hash(sop_instance))
         return SUCCESS
 
     def _ended(self, session: _Session, what: str) -> None:

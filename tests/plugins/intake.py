@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pacsguard.daemon.spool import Spool, SpoolFull
@@ -22,6 +23,20 @@ class SpoolIntake:
         return self.spool.new_partial(facts)
 
     def commit_partial(self, partial, facts) -> int:
-        job = self.spool.commit_partial(Path(partial), facts)
+        return self.record(self.secure(partial, facts), facts)
+
+    def secure(self, partial, facts) -> Path:
+        return self.spool.secure_partial(Path(partial))
+
+    def record(self, path, facts) -> int:
+        job = self.spool.record(Path(path), facts)
         self.received.append(job)
         return job
+
+    def wait_received(self, n: int, timeout: float = 10.0) -> list[int]:
+        """The job ids once ``n`` objects are recorded (a DICOM source records each one
+        right after its answer, so the caller may have its answer a moment before)."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.received)

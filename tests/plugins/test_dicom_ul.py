@@ -207,7 +207,7 @@ def test_the_c_store_response_names_the_request(node):
     assert ul.command_us(rsp, 0x0120) == 77 and ul.command_us(rsp, 0x0900) == 0
     assert ul.command_uid(rsp, 0x1000) == "1.2.826.0.1.3680043.2.1125.1.1"
     assert ul.command_uid(rsp, 0x0002) == CT_CLASS
-    assert len(intake.received) == 1
+    assert len(intake.wait_received(1)) == 1
     s.close()
 
 
@@ -225,5 +225,5 @@ def test_one_pdu_may_end_a_message_and_start_the_next(node):
         assert kind == ul.P_DATA
         rsp = ul.decode_command(body[6:])
         answered.append((ul.command_us(rsp, 0x0120), ul.command_us(rsp, 0x0900)))
-    assert answered == [(1, 0), (2, 0)] and len(intake.received) == 2
+    assert answered == [(1, 0), (2, 0)] and len(intake.wait_received(2)) == 2
     s.close()
