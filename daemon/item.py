@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import pydicom
 from pydicom.dataset import Dataset
 
+from .durable import fsync_dir
 from .errors import QuarantineError
 
 # Facts about how an object arrived, usable in route `match:` blocks.
@@ -126,6 +127,7 @@ class Item:
         When the pixel data was never loaded (the stages changed attributes only) and the
         encoding is unchanged, its bytes are copied from the received file by the kernel
         instead of being read into memory and encoded again."""
+        made = not dest.parent.is_dir()
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         ds = self.dataset
@@ -142,6 +144,9 @@ class Item:
                 _copy_file_range(self.path, fh, *raw)
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
+        fsync_dir(dest.parent)  # the new name is on disk too (and the new folder's own entry)
+        if made:
+            fsync_dir(dest.parent.parent)
         return dest.stat().st_size
 
 
