@@ -167,7 +167,7 @@ def test_route_job_creates_pending_deliveries(spool, tmp_path):
     job_id = ingest(spool, tmp_path)
     job = spool.get_job(job_id)
     out = spool.out_path(job_id, "r2")
-    out.parent.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(b"processed")
     used = spool.used_bytes
 
@@ -254,7 +254,7 @@ def test_quarantine_delivery_links_the_delivered_file(spool, tmp_path):
     job_id = ingest(spool, tmp_path)
     job = spool.get_job(job_id)
     out = spool.out_path(job_id, "r")
-    out.parent.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(b"processed object")
     spool.route_job(job_id, [("r", "a", out), ("r", "b", out)], None, 16)
     da = spool.next_delivery("a")
@@ -319,10 +319,13 @@ def test_release_delivery_makes_it_pending_with_fresh_attempts(spool, tmp_path):
 
 
 def test_cleanup_removes_only_done_jobs_past_retention(spool, tmp_path):
-    done = routed(spool, tmp_path)
-    out = spool.out_path(done, "r")
-    out.parent.mkdir(parents=True)
+    done = ingest(spool, tmp_path)
+    out = spool.out_path(done, "r")  # a stage changed it: its delivery sends the processed file
     out.write_bytes(b"processed")
+    spool.route_job(done, [("r", "a", out)], "uidhash")
+    old_layout = spool.out / str(done) / "r.dcm"  # how processed files were laid out before
+    old_layout.parent.mkdir()
+    old_layout.write_bytes(b"processed")
     spool.delivered(spool.next_delivery("a").id)
     pending = routed(spool, tmp_path, dests=("b",))
     held = ingest(spool, tmp_path)
@@ -338,7 +341,8 @@ def test_cleanup_removes_only_done_jobs_past_retention(spool, tmp_path):
     assert spool.cleanup(retention=3600, now=time.time() + 7200) == 1
 
     assert spool.get_job(done) is None
-    assert not paths[done].exists() and not out.parent.exists()
+    assert not paths[done].exists() and not out.exists() and not old_layout.parent.exists()
+    assert spool.out.is_dir()
     assert spool.used_bytes == used - CT.stat().st_size
     for j in (pending, held, held_delivery):
         assert spool.get_job(j) is not None and paths[j].exists()
