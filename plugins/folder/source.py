@@ -195,10 +195,24 @@ class FolderSource(Source):
             self._stop.wait(interval)
 
 
+#: How long watchdog holds a rename's IN_MOVED_FROM to pair it with its IN_MOVED_TO. Its
+#: default (0.5 s) is spent in full on every rename, even when the pair arrives at once
+#: (its queue sleeps instead of waiting), so a file renamed into the folder was taken ~0.5 s
+#: late. A rename inside one folder reports both halves in the same read; a half that comes
+#: unpaired still ends in ``on_moved`` with its destination.
+MOVE_PAIRING_DELAY = 0.02
+
+
 def _make_observer():
     try:
         from watchdog.observers.inotify import InotifyObserver
 
+        try:
+            from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+            InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY
+        except ImportError:  # watchdog < 6 (InotifyBuffer): its default stays
+            pass
         return InotifyObserver(generate_full_events=True)
     except Exception:  # not Linux: the platform observer; rescans cover the rest
         from watchdog.observers import Observer
