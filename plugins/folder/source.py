@@ -211,7 +211,7 @@ def _make_observer():
             from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
             InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY
-        except ImportError:  # watchdog < 6 (InotifyBuffer): its default stays
+        except ImportError:  # an older watchdog (InotifyBuffer): its default stays
             pass
         return InotifyObserver(generate_full_events=True)
     except Exception:  # not Linux: the platform observer; rescans cover the rest
