@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import pydicom
 from pydicom.dataset import Dataset
 
-from .durable import fsync_dir
+from .fileio import append_range, fsync_dir
 from .errors import QuarantineError
 
 # Facts about how an object arrived, usable in route `match:` blocks.
@@ -140,8 +140,11 @@ class Item:
                 head = ds.copy()  # shallow: the elements are shared, not copied
                 del head[_PIXEL_DATA]
                 head.save_as(fh, enforce_file_format=True)
-                fh.flush()
-                _copy_file_range(self.path, fh, *raw)
+                with open(self.path, "rb") as src:
+                    try:
+                        append_range(src, fh, *raw)
+                    except EOFError:
+                        raise QuarantineError("the received file ends inside its pixel data") from None
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
         fsync_dir(dest.parent)  # the new name is on disk too (and the new folder's own entry)
@@ -218,26 +221,6 @@ def _raw_pixel_range(ds: Dataset, source: Path) -> tuple[int, int] | None:
         return None
     header = 8 if implicit or raw.VR not in _LONG_HEADER_VRS else 12
     return raw.value_tell - header, header + raw.length
-
-
-def _copy_file_range(source: Path, dst, offset: int, length: int) -> None:
-    """Append ``length`` bytes of ``source`` from ``offset`` to the open file ``dst``."""
-    with open(source, "rb") as src:
-        done = 0
-        while done < length:
-            try:
-                n = os.copy_file_range(src.fileno(), dst.fileno(), length - done, offset + done)
-            except OSError:  # another filesystem or no kernel support: copy in user space
-                n = 0
-            if n == 0:
-                src.seek(offset + done)
-                chunk = src.read(min(length - done, 1 << 20))
-                if not chunk:
-                    raise QuarantineError("the received file ends inside its pixel data")
-                dst.write(chunk)
-                dst.flush()
-                n = len(chunk)
-            done += n
 
 
 def _parse_reason(path: Path, exc: Exception) -> str:

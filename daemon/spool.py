@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .durable import fsync_dir, fsync_file
+from .fileio import fsync_dir, fsync_file
 from .item import TransportFacts
 
 SCHEMA_VERSION = 1
@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at REAL NOT NULL,
     delivered_at REAL
 );
-CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (destination, state, id);
+DROP INDEX IF EXISTS deliveries_queue;  -- (destination, state, id): deliveries_arrival serves its queries
 CREATE INDEX IF NOT EXISTS deliveries_arrival ON deliveries (destination, state, job_id, id);
 CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -105,8 +105,6 @@ class Delivery:
     attempts: int
     next_attempt_at: float
     received_at: float
-
-
 
 
 def _safe(name: str) -> str:
@@ -214,9 +212,6 @@ class Spool:
         fsync_dir(final.parent)
         return final
 
-    def record(self, path: Path, facts: TransportFacts) -> int:
-        """Record a secured file as a received job; return the job id."""
-        return self._record(path, facts)
 
     def ingest_file(self, src: Path, facts: TransportFacts) -> int:
         """Move a complete file into the spool (atomically on one filesystem) and record it.
@@ -247,9 +242,10 @@ class Spool:
             fsync_dir(Path(src).parent)
         except OSError:
             pass
-        return self._record(final, facts)
+        return self.record(final, facts)
 
-    def _record(self, path: Path, facts: TransportFacts) -> int:
+    def record(self, path: Path, facts: TransportFacts) -> int:
+        """Record a secured file as a received job; return the job id."""
         size = path.stat().st_size
         now = time.time()
         with self._tx() as db:
@@ -287,7 +283,7 @@ class Spool:
                     facts = adopt(source_type, f)
                     if facts is not None:
                         fsync_file(f)
-                        self._record(f, TransportFacts(source=source, source_type=source_type,
+                        self.record(f, TransportFacts(source=source, source_type=source_type,
                                                        received_at=f.stat().st_mtime, **facts))
                         stats["orphans_adopted"] += 1
                     else:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import shutil
 import socket
 import ssl
 import struct
@@ -37,6 +36,7 @@ import structlog
 from pydantic import Field, field_validator, model_validator
 
 from pacsguard.daemon.extension import Options, Source
+from pacsguard.daemon.fileio import append_range
 from pacsguard.daemon.item import uid_hash
 from pacsguard.daemon.pipeline import bug_summary
 from pacsguard.daemon.spool import SpoolFull
@@ -328,29 +328,6 @@ def orphan_facts(path: Path) -> dict:
     return facts
 
 
-def _copy_range(src: BinaryIO, dst: BinaryIO, offset: int) -> int:
-    """Append ``src[offset:]`` to ``dst`` (in the kernel where it can); returns the bytes copied."""
-    dst.flush()
-    size = os.fstat(src.fileno()).st_size
-    pos = offset
-    try:
-        while pos < size:
-            sent = os.sendfile(dst.fileno(), src.fileno(), pos, min(size - pos, 1 << 30))
-            if sent == 0:
-                break
-            pos += sent
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) or pos != offset:
-            raise
-        src.seek(offset)
-        shutil.copyfileobj(src, dst, 1 << 20)
-        dst.flush()
-        pos = src.tell()
-    if pos != size:
-        raise OSError(errno.EIO, "short copy from the received data set")
-    return pos - offset
-
-
 def write_part10(src: Path, dst: Path, *, sop_class: str, sop_instance: str, transfer_syntax: str,
                  source_ae: str | None = None, called_ae: str | None = None, calling_host: str | None = None) -> int:
     """Write a Part-10 file at ``dst`` (which must not exist) from the data set received in
@@ -366,7 +343,10 @@ def write_part10(src: Path, dst: Path, *, sop_class: str, sop_instance: str, tra
             raise MalformedDataset("the C-STORE request carries an empty data set")
         with open(dst, "xb") as fout:
             fout.write(meta)
-            copied = _copy_range(fin, fout, offset)
+            try:
+                copied = append_range(fin, fout, offset)
+            except EOFError:  # the file shrank under us
+                raise OSError(errno.EIO, "short copy from the received data set") from None
     return len(meta) + copied
 
 

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from pacsguard.daemon.errors import DeliveryError
 from pacsguard.daemon.extension import Destination, Options
-from pacsguard.daemon.durable import fsync_dir
+from pacsguard.daemon.fileio import fsync_dir
 from pacsguard.daemon.units import AbsPath
 
 from .template import DEFAULT_TEMPLATE, render, template_fields

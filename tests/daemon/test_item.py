@@ -28,13 +28,13 @@ def pydicom_writes(src: Path, change) -> bytes:
 @pytest.fixture
 def raw_copies(monkeypatch):
     calls = []
-    real = itemmod._copy_file_range
+    real = itemmod.append_range
 
     def spy(*args):
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr(itemmod, "_copy_file_range", spy)
+    monkeypatch.setattr(itemmod, "append_range", spy)
     return calls
 
 
