@@ -59,6 +59,13 @@ class Stage(_Contribution):
     def __init__(self, options: Options):
         self.options = options
 
+    @classmethod
+    def key_uses(cls, options: Options) -> list:
+        """The keys these options name (a list of :class:`pacsguard.daemon.keys.KeyUse`):
+        the config loader checks each against the key store, and the stage finds them,
+        loaded, in ``item.keys``."""
+        return []
+
     def process(self, item: "Item") -> "Item":
         raise NotImplementedError
 

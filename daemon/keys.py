@@ -70,3 +70,16 @@ def hybrid_key_id(mlkem_public, x25519_public) -> str:
 def secret_key_id(secret: bytes) -> str:
     """Key ID of a symmetric secret: a keyed hash that does not reveal the secret."""
     return fingerprint(hashlib.sha256(b"pacsguard key id\0" + secret).digest())
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    """A key a stage needs, as its options name it: checked when the config is loaded
+    (the key exists, is of one of ``types``, has its private half or a certificate where
+    needed), with ``field`` (the option's place, e.g. ``recipients[1]``) in the error."""
+
+    field: str
+    name: str
+    types: frozenset
+    private: bool = False
+    certificate: bool = False
