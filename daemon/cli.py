@@ -56,6 +56,8 @@ def cmd_check_config(args) -> int:
         _print_config_error(exc)
         return EXIT_INVALID
     cfg = loaded.config
+    for warning in loaded.warnings:
+        print(f"{path or '<embedded default>'}: warning: {warning}", file=sys.stderr)
     print(f"{path or '<embedded default>'}: OK — {len(cfg.routes)} route(s), "
           f"{len(cfg.destinations)} destination(s), {len(loaded.sources)} source(s)")
     return EXIT_OK

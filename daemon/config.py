@@ -124,9 +124,23 @@ class SpoolConfig(_Model):
 class ProcessingConfig(_Model):
     workers: int = Field(2, ge=1, le=64, description="threads running route pipelines")
     batch_size: int = Field(8, ge=1, le=1024, description="objects a worker takes at once")
-    delivery_process: bool = Field(
+    worker_process: bool = Field(
         True, description="process and send in a worker process, so that receiving never contends with them"
-                          " for one Python GIL (false: threads of the service process)")
+                          " for one Python GIL (false: threads of the service process). Formerly"
+                          " `delivery_process`, still accepted with a deprecation warning")
+    max_inflated: Size = Field(
+        256 * 2**20, ge=1 << 20, description="largest inflated size of a Deflated Explicit VR Little Endian"
+                                             " object; larger ones are quarantined as deflate bombs (checked"
+                                             " in bounded memory before parsing)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "delivery_process" in data:
+            data = dict(data)
+            old = data.pop("delivery_process")
+            data.setdefault("worker_process", old)
+        return data
 
 
 class RetryConfig(_Model):
@@ -226,6 +240,12 @@ class Loaded:
     pipelines: dict[str, list[StageSpec]] = field(default_factory=dict)
     destination_options: dict[str, Any] = field(default_factory=dict)
     sources: list[SourceSpec] = field(default_factory=list)
+    #: deprecations and other things worth saying that do not refuse the file
+    warnings: list[str] = field(default_factory=list)
+
+
+#: old key -> (new key, note), for the deprecation warnings
+_RENAMED = {("processing", "delivery_process"): "processing.worker_process (it runs processing and delivery)"}
 
 
 # --- loading -------------------------------------------------------------------------
@@ -291,6 +311,9 @@ def load_config_text(text: str, registry: Registry, *, path: Path | None = None,
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, ()))
     loaded = Loaded(config=config, path=path, text=text)  # type: ignore[arg-type]
+    for (section, key), new in _RENAMED.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            loaded.warnings.append(f"{section}.{key} is deprecated: it is now {new}; the old name still works")
     errors.extend(_resolve_plugins(data, registry, loaded))
     if errors:
         errors.sort(key=lambda e: _line_of(root, e[0]) or 0)

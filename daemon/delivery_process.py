@@ -209,6 +209,7 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
     from .config import load_config_text
     from .delivery import DeliveryManager
     from .logs import configure_logging
+    from .parsing import ParseLimits
     from .pipeline import Processor
     from .plugins import collect, get_plugin_manager
     from .service import build_runtime
@@ -228,7 +229,8 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
         manager.apply(state["runtime"].destinations)
         cfg = loaded.config.processing
         processor = Processor(spool, relay, lambda: state["runtime"], workers=cfg.workers,
-                              batch_size=cfg.batch_size, on_routed=manager.wake)
+                              batch_size=cfg.batch_size, on_routed=manager.wake,
+                              limits=ParseLimits(max_inflated=cfg.max_inflated))
         processor.start()
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

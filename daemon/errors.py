@@ -7,6 +7,15 @@ logs, metrics labels and the quarantine record: they must never contain patient 
 
 from __future__ import annotations
 
+import traceback
+
+
+def bug_summary(exc: BaseException) -> str:
+    """Type and innermost location of an unexpected exception (no message: it may hold PHI)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}{where}"
+
 
 class PacsguardError(Exception):
     """Base class for pacsguard's own errors."""

@@ -16,11 +16,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import pydicom
 from pydicom.dataset import Dataset
 
-from .fileio import append_range, fsync_dir
 from .errors import QuarantineError
+from .fileio import append_range, fsync_dir
+from .parsing import (DEFER_SIZE, PIXEL_DATA, UNDEFINED, check_integrity,  # noqa: F401 (re-exported)
+                      read_dataset, read_header)
 
 # Facts about how an object arrived, usable in route `match:` blocks.
 TRANSPORT_FACTS = ("source", "source_type", "calling_ae", "called_ae", "calling_host")
@@ -177,24 +178,8 @@ class HeaderCache:
 HEADERS = HeaderCache()
 
 
-def read_header(path: Path) -> Dataset:
-    """Parse the whole structure, leaving large values (pixel data) unread in the file."""
-    try:
-        return pydicom.dcmread(path, defer_size=DEFER_SIZE)
-    except Exception as exc:  # pydicom raises many types; translate to a clean reason
-        raise QuarantineError(_parse_reason(path, exc)) from exc
-
-
-def read_dataset(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except Exception as exc:
-        raise QuarantineError(_parse_reason(path, exc)) from exc
-
-
-DEFER_SIZE = 8192
-_UNDEFINED = 0xFFFFFFFF
-_PIXEL_DATA = 0x7FE00010
+_UNDEFINED = UNDEFINED
+_PIXEL_DATA = PIXEL_DATA
 _LONG_HEADER_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 
 
@@ -221,41 +206,3 @@ def _raw_pixel_range(ds: Dataset, source: Path) -> tuple[int, int] | None:
         return None
     header = 8 if implicit or raw.VR not in _LONG_HEADER_VRS else 12
     return raw.value_tell - header, header + raw.length
-
-
-def _parse_reason(path: Path, exc: Exception) -> str:
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return "object file missing from the spool"
-    if size == 0:
-        return "empty file (0 bytes)"
-    if isinstance(exc, pydicom.errors.InvalidDicomError):
-        return "not a DICOM file (no DICM prefix and no readable dataset)"
-    if isinstance(exc, EOFError):
-        return "truncated DICOM file (ends inside an element)"
-    return f"unreadable DICOM file ({type(exc).__name__})"
-
-
-def check_integrity(path: Path, header: Dataset) -> None:
-    """Refuse objects that parse but are damaged: truncated values, no SOP UIDs."""
-    if not header.get("SOPInstanceUID") or not header.get("SOPClassUID"):
-        raise QuarantineError("not a DICOM composite object (no SOP Class/Instance UID)")
-    size = os.path.getsize(path)
-    ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
-    deflated = ts == "1.2.840.10008.1.2.1.99"  # offsets refer to the inflated stream
-    for tag in list(header.keys()):
-        raw = header.get_item(tag, keep_deferred=True)
-        length = getattr(raw, "length", None)
-        if length in (None, _UNDEFINED):
-            continue
-        value = getattr(raw, "value", b"")
-        tell = getattr(raw, "value_tell", None)
-        if value is None and tell is not None and not deflated:
-            have = max(size - tell, 0)  # deferred: compare with what the file holds
-        elif isinstance(value, (bytes, bytearray)):
-            have = len(value)  # read: a short read means the file ended early
-        else:
-            continue
-        if have < length:
-            raise QuarantineError(f"truncated DICOM file: element {tag} has {have} of {length} bytes")

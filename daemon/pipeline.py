@@ -16,8 +16,9 @@ from typing import Callable
 
 import structlog
 
-from .errors import QuarantineError
-from .item import HEADERS, Item, check_integrity, read_header
+from .errors import QuarantineError, bug_summary
+from .item import HEADERS, Item
+from .parsing import DEFAULT_LIMITS, ParseLimits, check_integrity, complete_file_meta, object_fault, read_header
 from .router import Route, select_routes
 from .spool import Job, Spool
 
@@ -33,20 +34,14 @@ class Runtime:
     generation: int = 0
 
 
-def bug_summary(exc: BaseException) -> str:
-    """Type and innermost location of an unexpected exception (no message: it may hold PHI)."""
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-    return f"{type(exc).__name__}{where}"
-
-
 class _Work:
     """One job on its way through one route."""
 
-    __slots__ = ("job", "route", "item", "failed")
+    __slots__ = ("job", "route", "item", "failed", "complete_meta")
 
-    def __init__(self, job: Job, route: Route, item: Item):
-        self.job, self.route, self.item = job, route, item
+    def __init__(self, job: Job, route: Route, complete_meta: bool = False):
+        self.job, self.route, self.complete_meta = job, route, complete_meta
+        self.item: Item | None = None
         self.failed: tuple[str, str] | None = None  # (reason, place)
 
 
@@ -54,8 +49,10 @@ class Processor:
     """A pool of worker threads that turn received jobs into pending deliveries."""
 
     def __init__(self, spool: Spool, hook, get_runtime: Callable[[], Runtime], *,
-                 workers: int = 2, batch_size: int = 8, on_routed: Callable[[set], None] = lambda d: None):
+                 workers: int = 2, batch_size: int = 8, on_routed: Callable[[set], None] = lambda d: None,
+                 limits: ParseLimits = DEFAULT_LIMITS):
         self.spool = spool
+        self.limits = limits
         self.hook = hook
         self.get_runtime = get_runtime
         self.batch_size = batch_size
@@ -130,46 +127,74 @@ class Processor:
                 return  # left 'received' in the spool: re-queued at next start
             try:
                 self.process(batch)
-            except Exception as exc:  # never let a worker die: the jobs stay 'received'
-                log.error("worker error; jobs stay queued in the spool", error=bug_summary(exc),
+            except Exception as exc:
+                # Per-object faults are handled inside process(); what reaches here is
+                # the batch's (the spool's database, a bug in the host). Take the jobs one
+                # by one, so that one object can never hold up the others.
+                log.error("batch failed; processing its objects one by one", error=bug_summary(exc),
                           jobs=batch)
-                time.sleep(1)
+                self._one_by_one(batch)
             finally:
                 with self._lock:
                     self._queued.difference_update(batch)
 
+    def _one_by_one(self, batch: list[int]) -> None:
+        for job_id in batch:
+            try:
+                self.process([job_id])
+            except Exception as exc:
+                self._object_failed(job_id, None, exc, "cannot process the object", "parse")
+
     def process(self, job_ids: list[int]) -> None:
         runtime = self.get_runtime()
         works: list[_Work] = []
-        items: dict[int, Item] = {}
         for job_id in job_ids:
             job = self.spool.get_job(job_id)
             if job is None or job.state != "received":
                 continue
+            header = None
             try:
-                header = read_header(job.path)
+                header = read_header(job.path, self.limits)
                 check_integrity(job.path, header)
+                complete_meta = complete_file_meta(header)
+                routes = select_routes(runtime.routes, header, job.facts)
             except QuarantineError as exc:
                 self._quarantine(job.id, exc.reason, "parse")
                 continue
-            routes = select_routes(runtime.routes, header, job.facts)
+            except Exception as exc:  # the object's fault (a broken element), never the batch's
+                self._object_failed(job.id, header, exc, "cannot route the object", "route")
+                continue
             if not routes:
                 self._quarantine(job.id, "no route matched", "route")
                 continue
             self.hook.pacsguard_object_routed(job_id=job.id, routes=[r.name for r in routes])
             for i, route in enumerate(routes):
-                item = self._new_item(job)
+                w = _Work(job, route, complete_meta)
+                w.item = self._new_item(w)
                 if i == 0:
-                    item._header = header  # parsed once; later routes re-read their own copy
-                works.append(_Work(job, route, item))
-            items[job.id] = works[-1].item
-
+                    w.item._header = header  # parsed once; later routes re-read their own copy
+                works.append(w)
         self._run_stages(works)
         self._finish(works)
 
-    def _new_item(self, job: Job) -> Item:
-        """A fresh item for ``job``, as it was received."""
-        return Item(job.id, job.path, job.facts, decode_pixels=self.hook.pacsguard_decode_pixels)
+    def _new_item(self, w: "_Work") -> Item:
+        """A fresh item for ``w``'s job, as it was received (with File Meta Information
+        completed when it came without)."""
+        item = Item(w.job.id, w.job.path, w.job.facts, decode_pixels=self.hook.pacsguard_decode_pixels)
+        if w.complete_meta:
+            complete_file_meta(item.dataset)  # (taking the dataset: it is written out again)
+        return item
+
+    def _object_failed(self, job_id: int, ds, exc: BaseException, doing: str, place: str) -> None:
+        """An unexpected failure on one object: quarantine it with a reason about the object."""
+        reason = object_fault(ds, exc, doing)
+        log.error("object failed unexpectedly; quarantined", job=job_id, place=place, error=bug_summary(exc),
+                  reason=reason)
+        try:
+            self._quarantine(job_id, reason, place)
+        except Exception as again:  # the spool itself fails: the job stays 'received' for later
+            log.error("cannot quarantine the object; it stays queued in the spool", job=job_id,
+                      error=bug_summary(again))
 
     def _run_stages(self, works: list[_Work]) -> None:
         by_route: dict[str, list[_Work]] = {}
@@ -189,6 +214,10 @@ class Processor:
                         except QuarantineError as exc:
                             w.failed = (exc.reason, f"stage:{stage.name}")
                             continue
+                        except Exception as exc:
+                            w.failed = (object_fault(w.item.header, exc, f"stage {stage.name}"),
+                                        f"stage:{stage.name}")
+                            continue
                         by_geometry.setdefault(key, []).append(w)
                     for batch in by_geometry.values():
                         self._run_batch(stage, route, batch, route.stages[:k])
@@ -206,7 +235,7 @@ class Processor:
             # Isolate the culprit. The failed batch may have changed some items already, so
             # each one starts again from the received object through the earlier stages.
             for w in batch:
-                w.item = self._new_item(w.job)
+                w.item = self._new_item(w)
                 for prior in [*earlier, stage]:
                     self._run_one(prior, route, w)
                     if w.failed is not None:
@@ -234,7 +263,8 @@ class Processor:
             log.error("stage raised an unexpected error", job=w.job.id, route=route.name,
                       stage=stage.name, error=summary,
                       stack="".join(traceback.format_list(traceback.extract_tb(exc.__traceback__))))
-            w.failed = (f"stage {stage.name} failed unexpectedly ({summary})", f"stage:{stage.name}")
+            w.failed = (object_fault(w.item._dataset if w.item._dataset is not None else w.item._header, exc, f"stage {stage.name}"),
+                        f"stage:{stage.name}")
         self.hook.pacsguard_stage_finished(job_id=w.job.id, route=route.name, stage=stage.name,
                                            seconds=time.perf_counter() - t0, outcome=outcome)
 
@@ -263,7 +293,8 @@ class Processor:
                 self._quarantine(job_id, exc.reason, "write")
                 continue
             except Exception as exc:
-                self._quarantine(job_id, f"cannot write the processed object ({bug_summary(exc)})", "write")
+                ds = next((w.item._dataset for w in ws if w.item._dataset is not None), None)
+                self._object_failed(job_id, ds, exc, "cannot write the processed object", "write")
                 continue
             self.spool.route_job(job_id, deliveries, uid, extra)
             destinations.update(d for _, d, _ in deliveries)

@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .logs import configure_logging, set_level
 from .metrics import Metrics, MetricsServer
 from .notify import Notifier
+from .parsing import ParseLimits
 from .pipeline import Processor, Runtime, bug_summary
 from .plugins import Registry, collect, get_plugin_manager
 from .router import compile_route
@@ -195,6 +196,8 @@ class Service:
                  destinations=sorted(self.runtime.destinations), sources=sorted(self.sources),
                  metrics_port=self.metrics_server.port if self.metrics_server else None,
                  delivery_pid=getattr(self.delivery, "pid", None), requeued=requeued, **stats)
+        for warning in loaded.warnings:
+            log.warning("configuration", warning=warning)
         self.notifier.notify(ready=1, status=self._status_line())
         try:
             self._main_loop()
@@ -257,10 +260,11 @@ class Service:
             return self.delivery
         cfg = self.loaded.config.processing
         return Processor(self.spool, self.pm.hook, lambda: self.runtime, workers=cfg.workers,
-                         batch_size=cfg.batch_size, on_routed=lambda dests: self.delivery.wake(dests))
+                         batch_size=cfg.batch_size, on_routed=lambda dests: self.delivery.wake(dests),
+                         limits=ParseLimits(max_inflated=cfg.max_inflated))
 
     def _start_delivery(self, loaded: configmod.Loaded):
-        if self._own_pm and loaded.config.processing.delivery_process:
+        if self._own_pm and loaded.config.processing.worker_process:
             from .delivery_process import DeliveryProcess
 
             return DeliveryProcess(loaded, self.spool.root, self.spool.max_size, self.pm.hook,

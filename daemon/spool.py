@@ -32,10 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import structlog
+
 from .fileio import fsync_dir, fsync_file
 from .item import TransportFacts
 
 SCHEMA_VERSION = 1
+
+#: when the size limit is reached, delivered objects are evicted down to this fraction of it
+EVICT_TO = 0.95
+
+_log = structlog.get_logger("pacsguard.spool")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -126,6 +133,9 @@ class Spool:
         self.quarantine_dir = self.root / "quarantine"
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._evict_lock = threading.Lock()
+        #: delivered jobs deleted before their retention ended, to make room
+        self.evicted = 0
         self.readonly = readonly
         if readonly:
             if not self.db_path.exists():
@@ -185,7 +195,38 @@ class Spool:
         return self._used
 
     def has_room(self) -> bool:
-        return not self.max_size or self._used < self.max_size
+        """Is there room for one more object? Delivered objects kept for their retention
+        do not take room from new ones: when the limit is reached, the oldest of them are
+        deleted first (down to 95 % of the limit). Only undelivered work (received,
+        awaiting delivery, quarantined) fills the spool."""
+        if not self.max_size or self._used < self.max_size:
+            return True
+        with self._evict_lock:
+            if self._used >= self.max_size:
+                self.evict(self._used - int(self.max_size * EVICT_TO))
+        return self._used < self.max_size
+
+    def evict(self, nbytes: int) -> int:
+        """Delete delivered jobs, oldest first, until ``nbytes`` are freed or none is left;
+        returns how many jobs were deleted."""
+        removed = 0
+        while nbytes > 0:
+            rows = self._conn().execute(
+                "SELECT id, path, size FROM jobs WHERE state='done' ORDER BY finished_at, id LIMIT 200").fetchall()
+            if not rows:
+                break
+            take = []
+            for r in rows:
+                take.append(r)
+                nbytes -= r["size"]
+                if nbytes <= 0:
+                    break
+            removed += self._remove_jobs(take)
+        if removed:
+            self.evicted += removed
+            _log.warning("spool limit reached: delivered objects deleted before their retention ended",
+                         removed_jobs=removed, spool_bytes=self._used, spool_limit_bytes=self.max_size)
+        return removed
 
     def _incoming_dir(self, facts: TransportFacts) -> Path:
         d = self.incoming / f"{_safe(facts.source_type)}.{_safe(facts.source)}"
@@ -465,6 +506,10 @@ class Spool:
         ).fetchall()
         if not rows:
             return 0
+        return self._remove_jobs(rows)
+
+    def _remove_jobs(self, rows) -> int:
+        """Delete the files and rows of the given done jobs (rows with id, path, size)."""
         ids = [r["id"] for r in rows]
         marks = ",".join("?" * len(ids))
         outputs = [r[0] for r in self._conn().execute(

@@ -405,3 +405,54 @@ def test_readonly_spool_reads_what_the_service_wrote(spool, tmp_path):
         assert ro.used_bytes == spool.used_bytes
     finally:
         ro.close()
+
+
+# -- size limit: what counts --------------------------------------------------------------
+
+def delivered(spool: Spool, tmp_path: Path, src: Path = CT) -> int:
+    job_id = routed(spool, tmp_path, src=src)
+    for d in deliveries_of(spool, "a"):
+        if d.job_id == job_id:
+            spool.delivered(d.id)
+    return job_id
+
+
+def test_delivered_objects_kept_for_retention_never_refuse_intake(tmp_path):
+    """A spool full of delivered objects (kept for their retention) keeps accepting: the
+    oldest delivered ones are evicted first, undelivered and quarantined ones never."""
+    size = CT.stat().st_size
+    spool = Spool(tmp_path / "spool", max_size=10 * size)
+    quarantined = ingest(spool, tmp_path)
+    spool.quarantine(quarantined, "bad", "parse")
+    pending = routed(spool, tmp_path)
+    done = [delivered(spool, tmp_path) for _ in range(8)]
+    assert spool.used_bytes == 10 * size
+    for _ in range(30):  # far more than the limit, with nothing pending beyond one object
+        assert spool.has_room()
+        job = ingest(spool, tmp_path)
+        spool.route_job(job, [("r", "a", spool.get_job(job).path)], "uidhash")
+        for d in deliveries_of(spool, "a"):
+            if d.job_id != pending:
+                spool.delivered(d.id)
+    assert spool.used_bytes <= 10 * size
+    assert spool.evicted >= 28
+    gone = [j for j in done if spool.get_job(j) is None]
+    assert gone == done  # the oldest delivered went first
+    assert spool.get_job(quarantined).state == "quarantined"
+    assert spool.get_job(pending).state == "routed"
+    assert spool.get_job(pending).path.exists()
+    spool.close()
+
+
+def test_undelivered_work_fills_the_spool(tmp_path):
+    size = CT.stat().st_size
+    spool = Spool(tmp_path / "spool", max_size=3 * size)
+    delivered(spool, tmp_path)
+    routed(spool, tmp_path)
+    routed(spool, tmp_path)
+    assert spool.has_room() is True  # the delivered one made room
+    ingest(spool, tmp_path)
+    assert spool.has_room() is False  # three undelivered objects: full
+    with pytest.raises(SpoolFull):
+        spool.ingest_file(drop(tmp_path), FACTS)
+    spool.close()
