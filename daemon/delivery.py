@@ -2,8 +2,12 @@
 
 Each destination has its own worker thread(s), so a destination that is down never holds
 up another. Within a destination, deliveries go out in order of arrival: after a failure
-the destination backs off and the same (oldest) delivery is tried again, so objects of a
-series arrive in order once the destination is back. A delivery that fails
+of the destination itself (connection refused, timeout, association rejected) the whole
+destination backs off and the same (oldest) delivery is tried again, so objects of a
+series arrive in order once the destination is back. A failure of one object (a
+``DeliveryError`` with ``scope="object"``, or an unexpected exception from the plugin
+while sending it) is that object's alone: it is retried on its own schedule, and the
+destination's other deliveries keep flowing meanwhile. A delivery that fails
 ``max_attempts`` times, or fails permanently, is quarantined with the reason.
 """
 
@@ -83,12 +87,14 @@ class DestinationWorker:
                 self._wake.wait(timeout=max(0.01, seconds))
 
     def _claim(self) -> Delivery | None:
+        """The earliest received delivery that is due (one waiting for its own retry is
+        passed over), or None, noting when the next one is due."""
         with self._claim_lock:
-            d = self.spool.next_delivery(self.name, self._claimed)
-            if d is not None and d.next_attempt_at <= time.time():
+            d = self.spool.next_delivery(self.name, self._claimed, due_by=time.time())
+            if d is not None:
                 self._claimed.add(d.id)
                 return d
-            self._next_due = d.next_attempt_at if d is not None else None
+            self._next_due = self.spool.next_attempt_at(self.name, self._claimed)
             return None
 
     def _run(self) -> None:
@@ -119,13 +125,13 @@ class DestinationWorker:
             header = HEADERS.take(d.path) or read_header(d.path)
             self.destination.send(d.path, header)
         except DeliveryError as exc:
-            self._failed(d, attempt, exc.reason, exc.permanent)
+            self._failed(d, attempt, exc.reason, exc.permanent, exc.scope)
             return
-        except Exception as exc:  # a bug in the destination plugin: retry, never drop
+        except Exception as exc:  # a bug in the plugin, met with this object: retry it, never drop
             reason = f"destination error ({bug_summary(exc)})"
             log.error("destination raised an unexpected error", destination=self.name,
                       job=d.job_id, error=bug_summary(exc))
-            self._failed(d, attempt, reason, False)
+            self._failed(d, attempt, reason, False, "object")
             return
         self.spool.delivered(d.id)
         self._failures = 0
@@ -135,7 +141,9 @@ class DestinationWorker:
         self.hook.pacsguard_object_delivered(job_id=d.job_id, route=d.route, destination=self.name,
                                              attempts=attempt, seconds=seconds)
 
-    def _failed(self, d: Delivery, attempt: int, reason: str, permanent: bool) -> None:
+    def _failed(self, d: Delivery, attempt: int, reason: str, permanent: bool, scope: str) -> None:
+        """Quarantine ``d``, or schedule its retry: the destination's backoff after a fault
+        of the destination, the object's own (by its attempts) after a fault of the object."""
         retry = self.spec.retry
         if permanent or attempt >= retry.max_attempts:
             why = reason if permanent else f"{reason} (gave up after {attempt} attempts)"
@@ -145,12 +153,17 @@ class DestinationWorker:
             self.hook.pacsguard_object_quarantined(job_id=d.job_id, quarantine_id=qid, reason=why,
                                                    where=f"destination:{self.name}")
             return
-        self._failures += 1
-        delay = backoff_delay(retry, self._failures)
-        self.spool.delivery_failed(d.id, reason, time.time() + delay)
-        self._down_until = time.time() + delay
+        if scope == "destination":
+            self._failures += 1
+            delay = backoff_delay(retry, self._failures)
+        else:
+            delay = backoff_delay(retry, attempt)
+        retry_at = time.time() + delay
+        self.spool.delivery_failed(d.id, reason, retry_at)
+        if scope == "destination":
+            self._down_until = retry_at  # the same moment: the oldest delivery is due when it ends
         log.warning("delivery failed, will retry", job=d.job_id, destination=self.name,
-                    attempt=attempt, retry_in_s=round(delay, 3), reason=reason)
+                    attempt=attempt, retry_in_s=round(delay, 3), scope=scope, reason=reason)
         self.hook.pacsguard_delivery_failed(job_id=d.job_id, route=d.route, destination=self.name,
                                             attempt=attempt, retry_in=delay)
 

@@ -8,6 +8,7 @@ logs, metrics labels and the quarantine record: they must never contain patient 
 from __future__ import annotations
 
 import traceback
+from typing import Literal
 
 
 def bug_summary(exc: BaseException) -> str:
@@ -39,12 +40,22 @@ class DeliveryError(PacsguardError):
 
     ``permanent=True`` means retrying cannot help (the peer refuses this object for good):
     the delivery is quarantined at once. Otherwise it is retried with backoff.
+
+    ``scope`` says whose fault it is. ``"destination"`` (the default for a retryable
+    error): the peer or the way to it (connection refused, timeout, association
+    rejected); the whole destination backs off, and its objects wait in order.
+    ``"object"`` (always so when permanent): this object alone; it is retried on its own
+    schedule while the destination's other objects keep flowing.
     """
 
-    def __init__(self, reason: str, *, permanent: bool = False):
+    def __init__(self, reason: str, *, permanent: bool = False,
+                 scope: Literal["object", "destination"] | None = None):
+        if scope not in (None, "object", "destination"):
+            raise ValueError(f"scope is 'object' or 'destination', not {scope!r}")
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.scope = "object" if permanent else scope or "destination"
 
 
 class ConfigError(PacsguardError):

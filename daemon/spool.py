@@ -383,14 +383,17 @@ class Spool:
             self._used += nbytes
 
     # -- delivery ----------------------------------------------------------------------
-    def next_delivery(self, destination: str, exclude: set[int] = frozenset()) -> Delivery | None:
-        """The pending delivery for ``destination`` of the earliest received job (due or
-        not), skipping ``exclude``: objects go out in order of arrival, even when parallel
-        processing workers routed them in another order."""
+    def next_delivery(self, destination: str, exclude: set[int] = frozenset(),
+                      due_by: float | None = None) -> Delivery | None:
+        """The pending delivery for ``destination`` of the earliest received job, skipping
+        ``exclude``: objects go out in order of arrival, even when parallel processing
+        workers routed them in another order. With ``due_by``, only deliveries whose next
+        attempt is due by then: one waiting for its own retry does not hold up the rest."""
+        due = "" if due_by is None else " AND d.next_attempt_at <= ?"
         rows = self._conn().execute(
             "SELECT d.*, j.received_at FROM deliveries d JOIN jobs j ON j.id = d.job_id"
-            " WHERE d.destination=? AND d.state='pending' ORDER BY d.job_id, d.id LIMIT ?",
-            (destination, len(exclude) + 1),
+            f" WHERE d.destination=? AND d.state='pending'{due} ORDER BY d.job_id, d.id LIMIT ?",
+            (destination, *(() if due_by is None else (due_by,)), len(exclude) + 1),
         ).fetchall()
         for row in rows:
             if row["id"] not in exclude:
@@ -398,6 +401,14 @@ class Spool:
                                 self.root / row["path"], row["attempts"], row["next_attempt_at"],
                                 row["received_at"])
         return None
+
+    def next_attempt_at(self, destination: str, exclude: set[int] = frozenset()) -> float | None:
+        """When the soonest pending delivery for ``destination`` (not in ``exclude``) is due."""
+        skip = f" AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+        row = self._conn().execute(
+            f"SELECT MIN(next_attempt_at) FROM deliveries WHERE destination=? AND state='pending'{skip}",
+            (destination, *exclude)).fetchone()
+        return row[0]
 
     def delivered(self, delivery_id: int) -> None:
         now = time.time()

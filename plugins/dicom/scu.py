@@ -23,6 +23,11 @@ re-encoded too, keeping its compressed pixel data.
 Response statuses: see :func:`classify_status`. Failures of the association itself
 (refused, rejected, aborted, timeouts, TLS) are retryable: they concern the destination,
 not the object, so the objects wait in order until it works again.
+
+UIDs: an object's SOP Class, SOP Instance and transfer syntax UIDs are checked (see
+:func:`uid_problem`) before anything is remembered or proposed; an object with an invalid
+one is refused for good, alone. What is remembered for later proposals has been encoded
+in a request once, so one object can never make every later association fail.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from typing import Optional
 
 import structlog
 from pydantic import Field, field_validator, model_validator
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacsguard.daemon.errors import DeliveryError
@@ -391,17 +397,63 @@ class _Link:
         return (next(self.msg_ids) - 1) % 65535 + 1
 
 
+_UID_MAX = 64
+_UID_PADDING = "\0 "
+_UID_CHARS = frozenset("0123456789.")
+
+
+def uid_problem(value, *, strict: bool = True) -> Optional[str]:
+    """Why ``value`` cannot go to a peer as a UID, or None when it can.
+
+    Strict (SOP classes and transfer syntaxes, which are remembered and proposed in every
+    later association): PS3.5 9.1, digits and dots, at most 64 characters, no empty
+    component. Not strict (a SOP Instance UID, which only goes into its own object's
+    C-STORE request, and which the peer judges): ASCII, at most 64 characters; archives
+    hold instance UIDs with letters in them, and peers take them. Lenient where real
+    peers are, in both: trailing NUL or space padding is not part of the value, and
+    components with leading zeros (invalid, yet found in archives) pass. The answer
+    never quotes the value.
+    """
+    if not isinstance(value, str):
+        return "more than one value" if isinstance(value, (list, tuple, MultiValue)) else "not text"
+    value = value.rstrip(_UID_PADDING)
+    if not value:
+        return "empty"
+    if not value.isascii():
+        return "non-ASCII character"
+    if strict and not set(value) <= _UID_CHARS:
+        return "a character other than digits and dots"
+    if len(value) > _UID_MAX:
+        return f"longer than {_UID_MAX} characters"
+    if strict and "" in value.split("."):
+        return "an empty component"
+    return None
+
+
+def _checked(value, element: str, *, strict: bool = True) -> str:
+    """``value`` without its padding; a permanent DeliveryError naming ``element`` if it is
+    not a UID (so that it never reaches a proposal or the remembered SOP classes)."""
+    why = uid_problem(value, strict=strict)
+    if why is not None:
+        raise DeliveryError(f"{element} is not a valid UID ({why})", permanent=True)
+    return str(value).rstrip(_UID_PADDING)
+
+
 def _identify(header) -> tuple[str, str, Optional[UID]]:
     """SOP Class and Instance UID (the data set's, which the file meta should repeat) and
-    the file's transfer syntax."""
+    the file's transfer syntax, each checked to be a UID."""
     meta = getattr(header, "file_meta", None)
-    sop_class = header.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
-    sop_instance = header.get("SOPInstanceUID") or \
-        (meta.get("MediaStorageSOPInstanceUID") if meta is not None else None)
-    if not sop_class or not sop_instance:
+    found = {}
+    for kw, name, strict in (("SOPClassUID", "SOP Class UID", True), ("SOPInstanceUID", "SOP Instance UID", False)):
+        if header.get(kw):
+            found[kw] = _checked(header.get(kw), name, strict=strict)
+        elif meta is not None and meta.get(f"MediaStorage{kw}"):
+            found[kw] = _checked(meta.get(f"MediaStorage{kw}"), f"Media Storage {name}", strict=strict)
+    if len(found) < 2:
         raise DeliveryError("the object has no SOP Class or SOP Instance UID", permanent=True)
     own = meta.get("TransferSyntaxUID") if meta is not None else None
-    return str(sop_class), str(sop_instance), UID(own) if own else None
+    own = UID(_checked(own, "Transfer Syntax UID")) if own else None
+    return found["SOPClassUID"], found["SOPInstanceUID"], own
 
 
 def _sop_name(uid: str) -> str:
@@ -440,11 +492,11 @@ class DicomDestination(Destination):
 
     def send(self, path: Path, header) -> None:
         sop_class, sop_instance, own = _identify(header)
-        self._remember(sop_class, own)
         link = self._link()
         with link.lock:
             for attempt in (1, 2):
                 fresh = self._ensure(link, sop_class, own)
+                self._remember(sop_class, own)  # only once it went into a request
                 try:
                     status = self._store(link, Path(path), header, sop_class, sop_instance, own)
                     break
@@ -480,7 +532,8 @@ class DicomDestination(Destination):
     def echo(self) -> dict:
         """C-ECHO on a fresh association. Returns timings in seconds; DeliveryError on failure."""
         t0 = time.perf_counter()
-        assoc = self._associate([(ul.VERIFICATION, ExplicitVRLittleEndian), (ul.VERIFICATION, ImplicitVRLittleEndian)])
+        assoc = self._associate(self._request([(ul.VERIFICATION, ExplicitVRLittleEndian),
+                                               (ul.VERIFICATION, ImplicitVRLittleEndian)]))
         t1 = time.perf_counter()
         try:
             ctx_id = next(iter(assoc.contexts))
@@ -550,18 +603,30 @@ class DicomDestination(Destination):
             if own is not None and own not in UNCOMPRESSED and own not in syntaxes:
                 syntaxes.append(own)
 
-    def _proposal(self, sop_class: str) -> list[tuple[str, UID]]:
-        """(SOP class, transfer syntax) pairs for a new association: ``sop_class`` first,
-        then the others most recently used first, up to 128."""
+    def _proposal(self, sop_class: str, own: Optional[UID]) -> list[tuple[str, UID]]:
+        """(SOP class, transfer syntax) pairs for a new association: ``sop_class`` (with
+        ``own``) first, then the others most recently used first, up to 128."""
         preferred = self.options.preferred_syntaxes
         with self._lock:
             order = [sop_class] + [s for s in reversed(self._seen) if s != sop_class]
-            groups = [[(s, ts) for ts in (*preferred, *self._seen.get(s, ()))] for s in order]
+            groups = [[(s, ts) for ts in dict.fromkeys((*preferred, *self._seen.get(s, ())))] for s in order]
+        if own is not None and (sop_class, own) not in groups[0]:
+            groups[0].append((sop_class, own))
         pairs: list[tuple[str, UID]] = []
         for group in groups:
             if len(pairs) + len(group) <= MAX_CONTEXTS:
                 pairs.extend(group)
         return pairs
+
+    def _request(self, pairs) -> tuple[dict[int, tuple[str, str]], bytes]:
+        """The presentation contexts {id: (SOP class, syntax)} and the A-ASSOCIATE-RQ PDU
+        proposing ``pairs``."""
+        o = self.options
+        proposed = {2 * i + 1: (str(sop), str(ts)) for i, (sop, ts) in enumerate(pairs)}
+        rq = ul.associate_rq(called=o.ae_title, calling=o.calling_ae, max_pdu=o.max_pdu,
+                             contexts=[(c, sop, [ts]) for c, (sop, ts) in proposed.items()],
+                             impl_uid=IMPLEMENTATION_CLASS_UID, impl_name=IMPLEMENTATION_VERSION_NAME)
+        return proposed, rq
 
     def _ensure(self, link: _Link, sop_class: str, own: Optional[UID]) -> bool:
         """Make sure ``link`` has an association that proposed (sop_class, own). True if new."""
@@ -571,10 +636,17 @@ class DicomDestination(Destination):
         wanted = (sop_class, own if own is not None else self.options.preferred_syntaxes[0])
         if link.assoc is not None and wanted in link.proposed:
             return False
+        pairs = self._proposal(sop_class, own)
+        try:  # before the open association is given up: a bad object must not cost it
+            request = self._request(pairs)
+        except Exception as exc:  # the UID check should make this impossible: the object's fault
+            log.error("cannot build an association request for the object", destination=self.destination_name,
+                      error=type(exc).__name__)
+            raise DeliveryError(f"cannot propose the object's SOP class and transfer syntax to {self.peer} "
+                                f"({type(exc).__name__})", permanent=True) from None
         if link.assoc is not None:
             self._drop(link, "released", "new presentation context needed")
-        pairs = self._proposal(sop_class)
-        assoc = self._associate(pairs, current=sop_class)
+        assoc = self._associate(request, current=sop_class)
         link.assoc, link.proposed, link.sent = assoc, frozenset(pairs), 0
         link.accepted = assoc.accepted
         link.last_used = time.monotonic()
@@ -620,9 +692,11 @@ class DicomDestination(Destination):
             sock.close()
             raise DeliveryError(f"TLS handshake with {where} failed ({exc.strerror or type(exc).__name__})") from None
 
-    def _associate(self, pairs, current: Optional[str] = None) -> _Association:
-        """Open an association proposing ``pairs``; DeliveryError (with a clear reason) if not."""
+    def _associate(self, request, current: Optional[str] = None) -> _Association:
+        """Open an association with ``request`` (from :meth:`_request`); DeliveryError
+        (with a clear reason) if not."""
         o = self.options
+        proposed, rq = request
         ssl_context = self._tls.get() if self._tls is not None else None
         try:
             sock = self._connect(ssl_context)
@@ -631,10 +705,6 @@ class DicomDestination(Destination):
                         host=o.host, port=o.port, reason=exc.reason)
             raise
         ch = ul.Channel(sock)
-        proposed = {2 * i + 1: (str(sop), str(ts)) for i, (sop, ts) in enumerate(pairs)}
-        rq = ul.associate_rq(called=o.ae_title, calling=o.calling_ae, max_pdu=o.max_pdu,
-                             contexts=[(c, sop, [ts]) for c, (sop, ts) in proposed.items()],
-                             impl_uid=IMPLEMENTATION_CLASS_UID, impl_name=IMPLEMENTATION_VERSION_NAME)
         reason = None
         try:
             ch.settimeout(o.timeouts.acse)
@@ -730,7 +800,8 @@ class DicomDestination(Destination):
         try:
             fp = open(path, "rb") if payload is None else None
         except OSError as exc:
-            raise DeliveryError(f"cannot read the spooled file ({exc.strerror or type(exc).__name__})") from None
+            raise DeliveryError(f"cannot read the spooled file ({exc.strerror or type(exc).__name__})",
+                                scope="object") from None
 
         def send_data():
             if fp is not None:
@@ -743,7 +814,9 @@ class DicomDestination(Destination):
         try:
             rsp = assoc.request(ctx_id, command, send_data, msg_id, self.options.timeouts.dimse)
         except OSError as exc:  # reading the spool file (the channel's errors are ULErrors)
-            raise DeliveryError(f"cannot read the spooled file ({exc.strerror or type(exc).__name__})") from None
+            self._drop(link, "aborted", "the spooled file could not be read during C-STORE")
+            raise DeliveryError(f"cannot read the spooled file ({exc.strerror or type(exc).__name__})",
+                                scope="object") from None
         except ul.ULError as exc:
             elapsed = time.monotonic() - started
             if "timed out" in str(exc) and elapsed >= self.options.timeouts.dimse * 0.95:
@@ -751,6 +824,9 @@ class DicomDestination(Destination):
                             stale=False) from None
             raise _Lost(f"association with {self.peer} aborted or connection lost during C-STORE",
                         stale=elapsed < 1.0) from None
+        except Exception:  # a bug, part-way through a message: the association cannot go on
+            self._drop(link, "aborted", "unexpected error during C-STORE")
+            raise
         finally:
             if fp is not None:
                 fp.close()

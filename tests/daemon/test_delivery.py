@@ -316,3 +316,66 @@ def test_a_hanging_destination_does_not_delay_another(spool, pm, rec, tmp_path, 
     workers.remove(manager)
     assert len(rec.failed) == 1 and rec.failed[0][1] == "down"
     assert spool.next_delivery("down").attempts == 1
+
+
+class Picky(Destination):
+    """Takes every object but one (SOP Instance UID ``bad``), for which it raises ``error``;
+    records the SOP Instance UID of each call."""
+
+    name = "test-picky"
+
+    def __init__(self, name, options, bad: str, error: Exception):
+        super().__init__(name, options)
+        self.bad, self.error = bad, error
+        self.sent: list[str] = []
+
+    def send(self, path, header):
+        self.sent.append(header.SOPInstanceUID)
+        if header.SOPInstanceUID == self.bad:
+            raise self.error
+
+
+@pytest.mark.parametrize("error, why", [
+    (lambda: RuntimeError("bug in the plugin"), "destination error (RuntimeError"),
+    (lambda: DeliveryError("this object cannot go now", scope="object"), "this object cannot go now"),
+], ids=["unexpected-exception", "object-scoped-error"])
+def test_one_failing_object_does_not_hold_up_the_others(spool, pm, rec, tmp_path, workers, error, why):
+    jobs = queue_jobs(spool, tmp_path, 4, dests=("picky",))
+    uids = [pydicom.dcmread(spool.get_job(j).path, stop_before_pixels=True).SOPInstanceUID for j in jobs]
+    picky = Picky("picky", Picky.Options(), bad=uids[0], error=error())  # the oldest object fails
+    worker = DestinationWorker("picky", picky, spec(max_attempts=3, initial=1.0, factor=1.0), spool, pm.hook)
+    workers.append(worker)
+
+    worker.start()
+    # the others go out at once, well before the failed object is due again (1 s)
+    assert wait_until(lambda: len(rec.delivered) == 3, timeout=0.7), picky.sent
+    assert picky.sent == uids
+    assert rec.delivered == [(j, "picky", 1) for j in jobs[1:]]
+    assert worker._down_until == 0 and worker._failures == 0, "the destination itself is not backed off"
+
+    assert wait_until(lambda: rec.quarantined, timeout=5)
+    assert picky.sent == uids + [uids[0], uids[0]]  # the failed object was retried on its own
+    assert [(j, a, r) for j, _, a, r in rec.failed] == [(jobs[0], 1, 1.0), (jobs[0], 2, 1.0)]
+    [(qjob, reason, where)] = rec.quarantined
+    assert (qjob, where) == (jobs[0], "destination:picky")
+    assert why in reason and "gave up after 3 attempts" in reason
+    [entry] = spool.quarantine_entries()
+    assert (entry["job_id"], entry["attempts"]) == (jobs[0], 3)
+    assert [spool.get_job(j).state for j in jobs] == ["quarantined", "done", "done", "done"]
+
+
+def test_an_object_retried_later_does_not_hide_newer_objects(spool, pm, rec, tmp_path, workers):
+    """Objects that arrive while an older one waits for its own retry are delivered at once."""
+    [old] = queue_jobs(spool, tmp_path, 1, dests=("picky",))
+    bad = pydicom.dcmread(spool.get_job(old).path, stop_before_pixels=True).SOPInstanceUID
+    picky = Picky("picky", Picky.Options(), bad=bad, error=RuntimeError("bug"))
+    worker = DestinationWorker("picky", picky, spec(max_attempts=2, initial=3.0, max_delay=5.0), spool, pm.hook)
+    workers.append(worker)
+    worker.start()
+    assert wait_until(lambda: rec.failed, timeout=5)
+
+    new = queue_jobs(spool, tmp_path, 2, dests=("picky",))
+    worker.wake()
+    assert wait_until(lambda: len(rec.delivered) == 2, timeout=1.5)
+    assert [j for j, _, _ in rec.delivered] == new and picky.sent[0] == bad and len(picky.sent) == 3
+    assert spool.get_job(old).state == "routed", "the failed object still waits for its retry"

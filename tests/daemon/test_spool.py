@@ -203,6 +203,24 @@ def test_next_delivery_is_earliest_received_and_honours_exclude(spool, tmp_path)
     assert spool.next_delivery("a").id == first.id
 
 
+def test_next_delivery_due_by_passes_over_one_waiting_for_its_retry(spool, tmp_path):
+    jobs = [ingest(spool, tmp_path) for _ in range(3)]
+    for job_id in jobs:
+        spool.route_job(job_id, [("r", "a", spool.get_job(job_id).path)], None)
+    first = spool.next_delivery("a")
+    now = time.time()
+    assert spool.next_delivery("a", due_by=now).id == first.id  # in order of arrival while due
+    spool.delivery_failed(first.id, "this object failed", now + 60)
+    second = spool.next_delivery("a", due_by=now)
+    assert second.job_id == jobs[1]
+    third = spool.next_delivery("a", exclude={second.id}, due_by=now)
+    assert third.job_id == jobs[2]
+    assert spool.next_delivery("a", due_by=now + 61).id == first.id  # once due, the oldest again
+    assert spool.next_attempt_at("a") <= now
+    assert spool.next_attempt_at("a", exclude={second.id, third.id}) == pytest.approx(now + 60)
+    assert spool.next_attempt_at("other") is None
+
+
 def test_job_is_done_only_when_every_delivery_is_delivered(spool, tmp_path):
     job_id = routed(spool, tmp_path, dests=("a", "b"))
     da, db = spool.next_delivery("a"), spool.next_delivery("b")

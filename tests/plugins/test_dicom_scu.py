@@ -9,6 +9,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pydicom
 import pytest
 from pydantic import ValidationError
 from pydicom.data import get_testdata_file
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -514,3 +516,107 @@ def test_echo(scps, dests):
     with pytest.raises(DeliveryError) as err:
         dests(free_port()).echo()
     assert "connection refused" in err.value.reason
+
+
+# -- invalid UIDs ----------------------------------------------------------------------------
+
+CT_CLASS, MR_CLASS = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+
+
+def patched(path: Path, old: bytes, new: bytes) -> Path:
+    """``path`` with the bytes ``old`` replaced by ``new`` (as long) wherever they occur."""
+    data = path.read_bytes()
+    assert len(old) == len(new) and old in data
+    path.write_bytes(data.replace(old, new))
+    return path
+
+
+def non_ascii(path: Path, uid: str) -> Path:
+    """``path`` where ``uid`` (of odd length) has a non-ASCII byte instead of its NUL padding."""
+    return patched(path, uid.encode() + b"\0", uid.encode() + b"\xe9")
+
+
+def too_long_instance(folder: Path) -> Path:
+    with warnings.catch_warnings():  # pydicom warns about the invalid value it writes
+        warnings.simplefilter("ignore")
+        return variant(CT, folder, SOPInstanceUID="1.2.826.0.1.3680043.9.9999." + "1" * 40)
+
+
+def remembered(dest: DicomDestination) -> dict:
+    return {sop: list(syntaxes) for sop, syntaxes in dest._seen.items()}
+
+
+def test_uid_check_names_what_is_wrong():
+    from pacsguard.plugins.dicom.scu import uid_problem
+
+    for ok in ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1\0", "1.2.3 ", "0", "1." + "2" * 62,
+               "1.2.0123"):  # leading zeros: refused by PS3.5, yet found in real archives and taken by peers
+        assert uid_problem(ok) is None and uid_problem(ok, strict=False) is None, ok
+    for bad, why in (("1.2.3a", "a character other than digits and dots"), ("1..2", "an empty component"),
+                     (" 1.2.3", "a character other than digits and dots"), ("1.2.", "an empty component")):
+        assert uid_problem(bad) == why, bad
+        assert uid_problem(bad, strict=False) is None, bad  # a SOP Instance UID: the peer judges
+    for bad, why in (("1.2.3\xe9", "non-ASCII character"), ("1.2.3\udcff", "non-ASCII character"),
+                     ("1." + "2" * 63, "longer than 64 characters"), ("", "empty"), ("\0", "empty"),
+                     (MultiValue(str, ["1.2", "1.3"]), "more than one value")):
+        assert uid_problem(bad) == uid_problem(bad, strict=False) == why, bad
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")  # pydicom reading them
+def test_an_invalid_uid_fails_that_object_alone(scps, dests, tmp_path):
+    scp = scps(args=("+xa",))
+    dest = dests(scp.port)
+    good = [variant(CT, tmp_path / "in") for _ in range(3)]
+    send(dest, good[0])  # an association is open: the bad objects must leave it alone
+    bad = {
+        "SOP Class UID is not a valid UID (non-ASCII character)": non_ascii(variant(CT, tmp_path / "bad"), CT_CLASS),
+        "Transfer Syntax UID is not a valid UID (non-ASCII character)":
+            non_ascii(variant(CT, tmp_path / "bad"), ExplicitVRLittleEndian),
+        "SOP Instance UID is not a valid UID (longer than 64 characters)": too_long_instance(tmp_path / "bad"),
+    }
+    for reason, path in bad.items():
+        with pytest.raises(DeliveryError) as err:
+            send(dest, path)
+        assert err.value.permanent and err.value.reason == reason  # no UID value in the reason
+        assert remembered(dest) == {CT_CLASS: []}
+
+    for f in good[1:] + [MR]:
+        send(dest, f)
+    assert len(scp.files()) == 4
+    assert dest.associations_opened == 2  # CT; then CT and MR (none for the bad objects)
+    assert remembered(dest) == {CT_CLASS: [], MR_CLASS: []}
+    (link,) = dest._links.values()
+    assert {sop for sop, _ in link.proposed} == set(link.accepted) == {CT_CLASS, MR_CLASS}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_uids_peers_take_are_accepted_though_not_strictly_valid(scps, dests, tmp_path):
+    scp = scps(args=("+xa",))
+    dest = dests(scp.port)
+    leading_zero = variant(CT, tmp_path / "in", SOPInstanceUID="1.2.826.0.1.3680043.9.9999.0123")
+    hex_instance = variant(CT, tmp_path / "in", SOPInstanceUID="dccc9599087131742838cc1162a630fea87b")
+    space_padded = patched(variant(CT, tmp_path / "in"), CT_CLASS.encode() + b"\0", CT_CLASS.encode() + b" ")
+    for f in (leading_zero, hex_instance, space_padded):
+        send(dest, f)
+    assert len(scp.files()) == 3
+    assert remembered(dest) == {CT_CLASS: []}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_proposal_that_cannot_be_encoded_fails_that_object_alone(scps, dests, tmp_path, monkeypatch):
+    """Defence in depth: a value the UID check lets through, yet the A-ASSOCIATE-RQ cannot carry."""
+    from pacsguard.plugins.dicom import scu
+
+    monkeypatch.setattr(scu, "uid_problem", lambda value, **kw: None)
+    scp = scps(args=("+xa",))
+    dest = dests(scp.port)
+    send(dest, variant(CT, tmp_path / "in"))
+    with pytest.raises(DeliveryError) as err:
+        send(dest, non_ascii(variant(CT, tmp_path / "bad"), CT_CLASS))
+    assert err.value.permanent and "cannot propose" in err.value.reason
+    assert "\xe9" not in err.value.reason
+    assert remembered(dest) == {CT_CLASS: []}
+    send(dest, variant(CT, tmp_path / "in"))
+    send(dest, MR)
+    assert len(scp.files()) == 3
+    assert dest.associations_opened == 2  # the open association survived the bad object
