@@ -12,7 +12,8 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import structlog
 
@@ -31,6 +32,8 @@ class Runtime:
     routes: list[Route]
     destinations: dict = field(default_factory=dict)  # name -> (Destination, DestinationSpec)
     generation: int = 0
+    #: the config's loaded keys, read-only: every item of this generation gets this mapping
+    keys: Mapping = field(default_factory=lambda: MappingProxyType({}))
 
 
 def bug_summary(exc: BaseException) -> str:
@@ -43,10 +46,11 @@ def bug_summary(exc: BaseException) -> str:
 class _Work:
     """One job on its way through one route."""
 
-    __slots__ = ("job", "route", "item", "failed")
+    __slots__ = ("job", "route", "item", "keys", "failed")
 
     def __init__(self, job: Job, route: Route, item: Item):
         self.job, self.route, self.item = job, route, item
+        self.keys = item.keys  # of the route's config generation, for a fresh item on retry
         self.failed: tuple[str, str] | None = None  # (reason, place)
 
 
@@ -158,7 +162,7 @@ class Processor:
                 continue
             self.hook.pacsguard_object_routed(job_id=job.id, routes=[r.name for r in routes])
             for i, route in enumerate(routes):
-                item = self._new_item(job)
+                item = self._new_item(job, runtime.keys)
                 if i == 0:
                     item._header = header  # parsed once; later routes re-read their own copy
                 works.append(_Work(job, route, item))
@@ -167,9 +171,9 @@ class Processor:
         self._run_stages(works)
         self._finish(works)
 
-    def _new_item(self, job: Job) -> Item:
-        """A fresh item for ``job``, as it was received."""
-        return Item(job.id, job.path, job.facts, decode_pixels=self.hook.pacsguard_decode_pixels)
+    def _new_item(self, job: Job, keys: Mapping) -> Item:
+        """A fresh item for ``job``, as it was received, with its generation's keys."""
+        return Item(job.id, job.path, job.facts, keys=keys, decode_pixels=self.hook.pacsguard_decode_pixels)
 
     def _run_stages(self, works: list[_Work]) -> None:
         by_route: dict[str, list[_Work]] = {}
@@ -206,7 +210,7 @@ class Processor:
             # Isolate the culprit. The failed batch may have changed some items already, so
             # each one starts again from the received object through the earlier stages.
             for w in batch:
-                w.item = self._new_item(w.job)
+                w.item = self._new_item(w.job, w.keys)
                 for prior in [*earlier, stage]:
                     self._run_one(prior, route, w)
                     if w.failed is not None:
