@@ -58,8 +58,9 @@ def cmd_check_config(args) -> int:
     cfg = loaded.config
     for warning in loaded.warnings:
         print(f"{path or '<embedded default>'}: warning: {warning}", file=sys.stderr)
+    keys = f", {len(loaded.keys)} key(s)" if loaded.keys else ""
     print(f"{path or '<embedded default>'}: OK — {len(cfg.routes)} route(s), "
-          f"{len(cfg.destinations)} destination(s), {len(loaded.sources)} source(s)")
+          f"{len(cfg.destinations)} destination(s), {len(loaded.sources)} source(s){keys}")
     return EXIT_OK
 
 
@@ -343,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="destination", required=True, metavar="DEST", help="destination name in the config")
     s.add_argument("--verbose", "-v", action="store_true", help="log associations")
     s.set_defaults(func=cmd_send)
+    from .cli_keys import add_parser as add_keys_parser
+
+    add_keys_parser(sub, with_config)
     return p
 
 

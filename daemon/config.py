@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import (
@@ -34,6 +35,7 @@ from pydicom.datadict import tag_for_keyword
 
 from .errors import ConfigError
 from .item import TRANSPORT_FACTS
+from .keystore import KeyConfig, check_uses, load_keys
 from .plugins import Registry
 from .units import AbsPath, Duration, Size
 
@@ -197,18 +199,21 @@ class Config(_Model):
     watch: list[dict[str, Any]] = Field(default_factory=list, description="watched inbound folders: the 'folder' source's options")
     spool: SpoolConfig = Field(SpoolConfig(), description="the durable spool")
     processing: ProcessingConfig = Field(ProcessingConfig(), description="pipeline workers")
+    keys: dict[str, KeyConfig] = Field(
+        default_factory=dict, description="named keys: NAME -> where the key lives (files, never the key itself);"
+                                          " stages name them")
     destinations: dict[str, DestinationSpec] = Field(default_factory=dict, description="named destinations: NAME -> {type, options}")
     routes: list[RouteConfig] = Field(default_factory=list, description="routing rules, evaluated top to bottom; every match fires")
     logging: LoggingConfig = Field(LoggingConfig(), description="log level and format")
     metrics: MetricsConfig = Field(MetricsConfig(), description="Prometheus metrics and health endpoint")
     shutdown_timeout: Duration = Field(30.0, description="on SIGTERM, wait this long for in-flight work")
 
-    @field_validator("destinations")
+    @field_validator("destinations", "keys")
     @classmethod
-    def _names(cls, v):
+    def _names(cls, v, info):
         for name in v:
             if not re.match(_NAME, name):
-                raise ValueError(f"destination name {name!r} must match {_NAME}")
+                raise ValueError(f"{info.field_name[:-1]} name {name!r} must match {_NAME}")
         return v
 
 
@@ -240,6 +245,9 @@ class Loaded:
     pipelines: dict[str, list[StageSpec]] = field(default_factory=dict)
     destination_options: dict[str, Any] = field(default_factory=dict)
     sources: list[SourceSpec] = field(default_factory=list)
+    #: the loaded keys (name -> :class:`~pacsguard.daemon.keys.Key`), read-only: read once
+    #: per config generation, handed to every item as ``item.keys``
+    keys: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: deprecations and other things worth saying that do not refuse the file
     warnings: list[str] = field(default_factory=list)
 
@@ -314,6 +322,9 @@ def load_config_text(text: str, registry: Registry, *, path: Path | None = None,
     for (section, key), new in _RENAMED.items():
         if isinstance(data.get(section), dict) and key in data[section]:
             loaded.warnings.append(f"{section}.{key} is deprecated: it is now {new}; the old name still works")
+    keys, key_errors = load_keys(data.get("keys"))
+    loaded.keys = MappingProxyType(keys)
+    errors.extend(key_errors)
     errors.extend(_resolve_plugins(data, registry, loaded))
     if errors:
         errors.sort(key=lambda e: _line_of(root, e[0]) or 0)
@@ -381,7 +392,8 @@ def _resolve_plugins(data: dict, registry: Registry, loaded: Loaded) -> list[tup
             if opts is not None:
                 loaded.destination_options[name] = opts
 
-    # routes: pipelines and destination references
+    # routes: pipelines, the keys their stages name, and destination references
+    configured_keys = set(data["keys"]) if isinstance(data.get("keys"), dict) else set()
     routes = data.get("routes") or []
     route_names: set = set()
     if isinstance(routes, list):
@@ -412,7 +424,16 @@ def _resolve_plugins(data: dict, registry: Registry, loaded: Loaded) -> list[tup
                     (stage_name, raw), = step.items()
                     opts = options_for(registry.stages, "stage", stage_name, raw, loc + (stage_name,))
                     if opts is not None:
-                        specs.append(StageSpec(stage_name, registry.stages[stage_name].cls, opts))
+                        cls = registry.stages[stage_name].cls
+                        specs.append(StageSpec(stage_name, cls, opts))
+                        try:
+                            uses = cls.key_uses(opts)
+                        except Exception as exc:  # a plugin's bug: say where
+                            errors.append((loc + (stage_name,), f"stage {stage_name!r} cannot list the keys it"
+                                                                f" uses ({type(exc).__name__})"))
+                            continue
+                        errors.extend(check_uses(stage_name, uses, loaded.keys, configured_keys,
+                                                 loc + (stage_name,)))
             to = route.get("to") or []
             if isinstance(to, list) and isinstance(dests, dict):
                 for k, dest in enumerate(to):

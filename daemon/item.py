@@ -67,8 +67,11 @@ class Item:
         #: Results one stage leaves for later ones, keyed by the producing stage's name
         #: (e.g. ``results["deidentify"]`` with the original values).
         self.results: dict[str, Any] = {}
-        #: Key material, read-only.
-        self.keys: Mapping[str, Any] = MappingProxyType(dict(keys or {}))
+        #: The loaded keys (name -> :class:`~pacsguard.daemon.keys.Key`), read-only. One
+        #: mapping per config generation, shared by its items (a read-only one is not copied).
+        if not isinstance(keys, MappingProxyType):
+            keys = MappingProxyType(dict(keys or {}))
+        self.keys: Mapping[str, Any] = keys
         self._decode_pixels = decode_pixels
         self._header: Dataset | None = None
         self._dataset: Dataset | None = None

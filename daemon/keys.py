@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from cryptography.hazmat.primitives import serialization
 
@@ -30,7 +30,14 @@ class Key:
       ``X25519PublicKey``): the HPKE hybrid object exposes neither bytes nor parts;
     - ``private``: the private key object, or None for a recipient we only encrypt to;
     - ``certificate``: the X.509 certificate (RSA; CMS recipients need one), or None;
-    - ``secret``: the bytes of a symmetric secret, or None.
+    - ``secret``: the bytes of a symmetric secret, or None;
+    - ``retired``: kept to decrypt (or reveal) older objects only (``retired: true`` in
+      the config); the config check refuses it to uses that make new protected data.
+
+    A stage finds its keys in ``item.keys`` by the names its options give
+    (``item.keys[name]``), checked at config load against what :meth:`Stage.key_uses`
+    declared; a decrypting stage finds the key of an older object by the key ID written
+    into it: :func:`by_key_id`.
     """
 
     name: str
@@ -42,6 +49,7 @@ class Key:
     private: Any = field(default=None, compare=False)
     certificate: Any = None
     secret: bytes | None = field(default=None, compare=False)
+    retired: bool = False
 
     @property
     def can_decrypt(self) -> bool:
@@ -72,11 +80,22 @@ def secret_key_id(secret: bytes) -> str:
     return fingerprint(hashlib.sha256(b"pacsguard key id\0" + secret).digest())
 
 
+def by_key_id(keys: Mapping[str, Key], key_id: str) -> Key | None:
+    """The configured key with this key ID (as written into a protected object), or None:
+    how a decrypting stage finds the key of an older object after a rotation."""
+    return next((k for k in keys.values() if k.key_id == key_id), None)
+
+
 @dataclass(frozen=True)
 class KeyUse:
     """A key a stage needs, as its options name it: checked when the config is loaded
     (the key exists, is of one of ``types``, has its private half or a certificate where
-    needed), with ``field`` (the option's place, e.g. ``recipients[1]``) in the error."""
+    needed), with ``field`` (the option's place, e.g. ``recipients[1]``) in the error.
+
+    ``private=True`` marks a use that undoes protection (decrypt, reveal): it needs the
+    private half (a secret always has its material), and it is the only kind of use a
+    ``retired`` key may have. ``private=False`` (encrypt to, pseudonymize, sign order)
+    makes new protected data."""
 
     field: str
     name: str

@@ -12,7 +12,8 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import structlog
 
@@ -32,15 +33,18 @@ class Runtime:
     routes: list[Route]
     destinations: dict = field(default_factory=dict)  # name -> (Destination, DestinationSpec)
     generation: int = 0
+    #: the config's loaded keys, read-only: every item of this generation gets this mapping
+    keys: Mapping = field(default_factory=lambda: MappingProxyType({}))
 
 
 class _Work:
     """One job on its way through one route."""
 
-    __slots__ = ("job", "route", "item", "failed", "complete_meta")
+    __slots__ = ("job", "route", "item", "keys", "failed", "complete_meta")
 
-    def __init__(self, job: Job, route: Route, complete_meta: bool = False):
+    def __init__(self, job: Job, route: Route, keys: Mapping, complete_meta: bool = False):
         self.job, self.route, self.complete_meta = job, route, complete_meta
+        self.keys = keys  # of the route's config generation, for a fresh item on retry
         self.item: Item | None = None
         self.failed: tuple[str, str] | None = None  # (reason, place)
 
@@ -169,7 +173,7 @@ class Processor:
                 continue
             self.hook.pacsguard_object_routed(job_id=job.id, routes=[r.name for r in routes])
             for i, route in enumerate(routes):
-                w = _Work(job, route, complete_meta)
+                w = _Work(job, route, runtime.keys, complete_meta)
                 w.item = self._new_item(w)
                 if i == 0:
                     w.item._header = header  # parsed once; later routes re-read their own copy
@@ -178,9 +182,9 @@ class Processor:
         self._finish(works)
 
     def _new_item(self, w: "_Work") -> Item:
-        """A fresh item for ``w``'s job, as it was received (with File Meta Information
-        completed when it came without)."""
-        item = Item(w.job.id, w.job.path, w.job.facts, decode_pixels=self.hook.pacsguard_decode_pixels)
+        """A fresh item for ``w``'s job, as it was received, with its generation's keys
+        (and File Meta Information completed when it came without)."""
+        item = Item(w.job.id, w.job.path, w.job.facts, keys=w.keys, decode_pixels=self.hook.pacsguard_decode_pixels)
         if w.complete_meta:
             complete_file_meta(item.dataset)  # (taking the dataset: it is written out again)
         return item

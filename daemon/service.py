@@ -49,7 +49,8 @@ def build_destinations(loaded: configmod.Loaded, registry: Registry) -> dict:
 
 
 def build_runtime(loaded: configmod.Loaded, registry: Registry, generation: int = 0) -> Runtime:
-    """Instantiate stages and destinations for a validated config."""
+    """Instantiate stages and destinations for a validated config; its keys, loaded with
+    it, are the runtime's (one read-only mapping for every item of this generation)."""
     errors = []
     routes = []
     for i, rc in enumerate(loaded.config.routes):
@@ -66,7 +67,7 @@ def build_runtime(loaded: configmod.Loaded, registry: Registry, generation: int 
         errors.extend(exc.errors)
     if errors:
         raise ConfigError(errors, str(loaded.path or "<embedded default>"))
-    return Runtime(routes=routes, destinations=destinations, generation=generation)
+    return Runtime(routes=routes, destinations=destinations, generation=generation, keys=loaded.keys)
 
 
 class Intake:

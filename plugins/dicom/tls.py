@@ -16,60 +16,27 @@ import os
 import ssl
 import threading
 from pathlib import Path
-from typing import Annotated, Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal
 
 import structlog
-from pydantic import BeforeValidator, WithJsonSchema
+
+from ...daemon.credentials import (  # noqa: F401  (SecretPath, is_credential: this module's API)
+    CREDENTIAL_PREFIX,
+    SecretFileError,
+    SecretPath,
+    is_credential,
+    read_password,
+    resolve,
+)
 
 log = structlog.get_logger("pacsguard.dicom")
-
-CREDENTIAL_PREFIX = "credential:"
 
 TlsVersion = Literal["1.2", "1.3"]
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
-
-class TlsError(ValueError):
-    """A certificate, key or password file cannot be used (the message names the file)."""
-
-
-def _secret_path(value):
-    if isinstance(value, str) and value.startswith(CREDENTIAL_PREFIX):
-        name = value[len(CREDENTIAL_PREFIX):]
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError("use credential:NAME with the plain name given to systemd's LoadCredential=")
-        return Path(value)
-    if isinstance(value, (str, os.PathLike)):
-        if not str(value).strip():
-            raise ValueError("empty path")
-        return Path(value).expanduser().absolute()
-    raise ValueError("expected a file path or credential:NAME")
-
-
-#: A file path (relative: from the working directory at load time), or ``credential:NAME``
-#: for ``$CREDENTIALS_DIRECTORY/NAME`` (resolved when the context is built).
-SecretPath = Annotated[
-    Path,
-    BeforeValidator(_secret_path),
-    WithJsonSchema({"type": "string",
-                    "description": "a file path, or credential:NAME for a systemd credential"
-                                   " ($CREDENTIALS_DIRECTORY/NAME)"}),
-]
-
-
-def is_credential(path: Path | str) -> bool:
-    return str(path).startswith(CREDENTIAL_PREFIX)
-
-
-def resolve(path: Path | str) -> Path:
-    """The real file behind a :data:`SecretPath` (or any path)."""
-    text = str(path)
-    if not text.startswith(CREDENTIAL_PREFIX):
-        return Path(path)
-    base = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not base:
-        raise TlsError(f"{text}: $CREDENTIALS_DIRECTORY is not set (LoadCredential= in the systemd unit)")
-    return Path(base) / text[len(CREDENTIAL_PREFIX):]
+#: A certificate, key or password file cannot be used (the message names the file): the
+#: daemon's error for unusable secret files, so that resolving a credential raises it too.
+TlsError = SecretFileError
 
 
 def check_files(**paths) -> None:
@@ -78,19 +45,6 @@ def check_files(**paths) -> None:
     for label, path in paths.items():
         if path is not None and not is_credential(path) and not Path(path).is_file():
             raise ValueError(f"{label}: file {path} does not exist")
-
-
-def read_password(path: Path | str) -> bytes:
-    """A key password from a file: its first line, without the line end."""
-    real = resolve(path)
-    try:
-        data = real.read_bytes()
-    except OSError as exc:
-        raise TlsError(f"cannot read key password file {path}: {exc.strerror or type(exc).__name__}") from None
-    password = data.splitlines()[0] if data else b""
-    if not password:
-        raise TlsError(f"key password file {path} is empty")
-    return password
 
 
 def _base(purpose: int, min_version: TlsVersion) -> ssl.SSLContext:
