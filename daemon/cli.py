@@ -49,7 +49,7 @@ def cmd_check_config(args) -> int:
     try:
         _, registry = _registry()
         loaded = configmod.load_config(path, registry)
-        from .service import build_runtime
+        from .runtime import build_runtime
 
         build_runtime(loaded, registry)
     except ConfigError as exc:

@@ -55,6 +55,10 @@ class DestinationWorker:
                          for i in range(spec.parallel)]
 
     def start(self) -> None:
+        try:
+            self.destination.start()
+        except Exception as exc:  # a clean-up problem must not keep the destination from working
+            log.error("destination start-up clean-up failed", destination=self.name, error=bug_summary(exc))
         for t in self._threads:
             t.start()
 

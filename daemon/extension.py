@@ -87,6 +87,10 @@ class Destination(_Contribution):
         self.destination_name = name
         self.options = options
 
+    def start(self) -> None:
+        """Called once in the process that sends, before the first send: clean up what an
+        interrupted run left behind (a folder destination's temporary files)."""
+
     def send(self, path: Path, header: "Dataset") -> None:
         raise NotImplementedError
 

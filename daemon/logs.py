@@ -10,7 +10,10 @@ import logging
 import re
 import sys
 
+import threading
+
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -24,14 +27,47 @@ _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 
 
 def redact_foreign(logger, method_name, event_dict):
-    """For lines from other libraries (and Python warnings): hide quoted values."""
+    """For lines from other libraries (and Python warnings): hide quoted values, and keep
+    each line one line: a multi-line message becomes its first line plus ``detail``, a
+    list of the rest (a Python warning's source line is dropped)."""
     record = event_dict.get("_record")
     if record is None or event_dict.get("_from_structlog") or record.name.startswith("pacsguard"):
         return event_dict
+    event = event_dict.get("event")
+    if isinstance(event, str) and "\n" in event:
+        first, *rest = [line.strip() for line in event.strip().splitlines() if line.strip()]
+        event_dict["event"] = first
+        if rest and record.name != "py.warnings":
+            event_dict["detail"] = [_QUOTED.sub("'<redacted>'", line) for line in rest]
     for key in ("event", "exception"):
         if isinstance(event_dict.get(key), str):
             event_dict[key] = _QUOTED.sub("'<redacted>'", event_dict[key])
+    exception = event_dict.get("exception")
+    if isinstance(exception, list):  # structured traceback (JSON output)
+        for frame_set in exception:
+            if isinstance(frame_set, dict) and isinstance(frame_set.get("exc_value"), str):
+                frame_set["exc_value"] = _QUOTED.sub("'<redacted>'", frame_set["exc_value"])
     return event_dict
+
+
+class _NoWarningTwice(logging.Filter):
+    """pydicom reports a problem twice: to its logger and as a Python warning with the same
+    text, right after, in the same thread. Keep the logger's line, drop the warning."""
+
+    def __init__(self):
+        super().__init__()
+        self._last = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pydicom"):
+            self._last.message = record.getMessage()
+            return True
+        if record.name == "py.warnings":
+            last = getattr(self._last, "message", None)
+            self._last.message = None
+            if last and last in record.getMessage():
+                return False
+        return True
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> None:
@@ -52,10 +88,14 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> No
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+    # JSON: a traceback is a structured list of frames (no locals: they may hold patient
+    # data), not multi-line text inside a line.
+    exceptions = (structlog.processors.format_exc_info if fmt == "console" else
+                  structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)))
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
-            structlog.processors.format_exc_info,
+            exceptions,
             redact_foreign,
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             renderer,
@@ -63,6 +103,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream=None) -> No
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(_NoWarningTwice())
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

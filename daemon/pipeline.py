@@ -11,8 +11,6 @@ import queue
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Callable, Mapping
 
 import structlog
@@ -21,20 +19,10 @@ from .errors import QuarantineError, bug_summary
 from .item import HEADERS, Item
 from .parsing import DEFAULT_LIMITS, ParseLimits, check_integrity, complete_file_meta, object_fault, read_header
 from .router import Route, select_routes
+from .runtime import Runtime  # noqa: F401 (re-exported)
 from .spool import Job, Spool
 
 log = structlog.get_logger("pacsguard.pipeline")
-
-
-@dataclass
-class Runtime:
-    """Everything built from one config: swapped atomically on reload."""
-
-    routes: list[Route]
-    destinations: dict = field(default_factory=dict)  # name -> (Destination, DestinationSpec)
-    generation: int = 0
-    #: the config's loaded keys, read-only: every item of this generation gets this mapping
-    keys: Mapping = field(default_factory=lambda: MappingProxyType({}))
 
 
 class _Work:
@@ -266,7 +254,8 @@ class Processor:
             summary = bug_summary(exc)
             log.error("stage raised an unexpected error", job=w.job.id, route=route.name,
                       stage=stage.name, error=summary,
-                      stack="".join(traceback.format_list(traceback.extract_tb(exc.__traceback__))))
+                      frames=[f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}"
+                             for f in traceback.extract_tb(exc.__traceback__)])
             w.failed = (object_fault(w.item._dataset if w.item._dataset is not None else w.item._header, exc, f"stage {stage.name}"),
                         f"stage:{stage.name}")
         self.hook.pacsguard_stage_finished(job_id=w.job.id, route=route.name, stage=stage.name,

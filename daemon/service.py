@@ -23,51 +23,14 @@ from .logs import configure_logging, set_level
 from .metrics import Metrics, MetricsServer
 from .notify import Notifier
 from .parsing import ParseLimits
-from .pipeline import Processor, Runtime, bug_summary
+from .pipeline import Processor, bug_summary
+from .runtime import Runtime, build_destinations, build_runtime  # noqa: F401 (re-exported)
 from .plugins import Registry, collect, get_plugin_manager
-from .router import compile_route
 from .spool import Spool, SpoolFull
 
 log = structlog.get_logger("pacsguard.service")
 
 TICK = 0.5
-
-
-def build_destinations(loaded: configmod.Loaded, registry: Registry) -> dict:
-    """Instantiate the destinations of a validated config: {name: (Destination, spec)}."""
-    errors = []
-    destinations = {}
-    for name, spec in loaded.config.destinations.items():
-        cls = registry.destinations[spec.type].cls
-        try:
-            destinations[name] = (cls(name, loaded.destination_options[name]), spec)
-        except Exception as exc:
-            errors.append(f"destinations.{name}: cannot set up destination ({exc})")
-    if errors:
-        raise ConfigError(errors, str(loaded.path or "<embedded default>"))
-    return destinations
-
-
-def build_runtime(loaded: configmod.Loaded, registry: Registry, generation: int = 0) -> Runtime:
-    """Instantiate stages and destinations for a validated config; its keys, loaded with
-    it, are the runtime's (one read-only mapping for every item of this generation)."""
-    errors = []
-    routes = []
-    for i, rc in enumerate(loaded.config.routes):
-        stages = []
-        for j, spec in enumerate(loaded.pipelines.get(rc.name, [])):
-            try:
-                stages.append(spec.cls(spec.options))
-            except Exception as exc:
-                errors.append(f"routes[{i}].pipeline[{j}].{spec.name}: cannot start stage ({exc})")
-        routes.append(compile_route(rc, stages))
-    try:
-        destinations = build_destinations(loaded, registry)
-    except ConfigError as exc:
-        errors.extend(exc.errors)
-    if errors:
-        raise ConfigError(errors, str(loaded.path or "<embedded default>"))
-    return Runtime(routes=routes, destinations=destinations, generation=generation, keys=loaded.keys)
 
 
 class Intake:
@@ -178,6 +141,8 @@ class Service:
         if cfg.metrics.enabled:  # before the worker process starts: it relays what this observes
             self.metrics = Metrics(self.spool.queue_depths, lambda: self.spool.used_bytes)
             self.pm.register(self.metrics, name="pacsguard.metrics")
+        for job_id, facts in self.spool.adopted:  # received before the stop, never announced
+            self._announce(job_id, facts, adopted=True)
         self.delivery = self._start_delivery(loaded)
         self.processor = self._processor()
         if cfg.metrics.enabled:
@@ -266,9 +231,9 @@ class Service:
 
     def _start_delivery(self, loaded: configmod.Loaded):
         if self._own_pm and loaded.config.processing.worker_process:
-            from .delivery_process import DeliveryProcess
+            from .worker_process import WorkerProcess
 
-            return DeliveryProcess(loaded, self.spool.root, self.spool.max_size, self.pm.hook,
+            return WorkerProcess(loaded, self.spool.root, self.spool.max_size, self.pm.hook,
                                    on_grew=self.spool.add_used)
         from .delivery import DeliveryManager
 
@@ -314,11 +279,19 @@ class Service:
 
     # -- intake ------------------------------------------------------------------------
     def _received(self, job_id: int, facts) -> None:
+        self._announce(job_id, facts)
+        self.processor.submit(job_id)
+
+    def _announce(self, job_id: int, facts, *, adopted: bool = False) -> None:
+        """Log and tell the observers (metrics, audit) that an object is in the spool."""
         job = self.spool.get_job(job_id)
         size = job.size if job else 0
-        log.info("object received", job=job_id, source=facts.source, size=size)
+        if adopted:
+            log.info("object received", job=job_id, source=facts.source, size=size,
+                     adopted_at_start=True)
+        else:
+            log.info("object received", job=job_id, source=facts.source, size=size)
         self.pm.hook.pacsguard_object_received(job_id=job_id, source=facts.source, size=size)
-        self.processor.submit(job_id)
 
     def _apply_sources(self, loaded: configmod.Loaded, *, reloading: bool = False) -> None:
         """Start, stop or restart sources to match ``loaded``. At start-up a source that

@@ -136,6 +136,8 @@ class Spool:
         self._evict_lock = threading.Lock()
         #: delivered jobs deleted before their retention ended, to make room
         self.evicted = 0
+        #: (job id, facts) of the orphans the last :meth:`recover` adopted
+        self.adopted: list[tuple[int, TransportFacts]] = []
         self.readonly = readonly
         if readonly:
             if not self.db_path.exists():
@@ -307,7 +309,8 @@ class Spool:
 
         ``adopt(source_type, path)`` gives the transport facts to adopt an orphan with
         (a dict, maybe empty), or None to drop it. Jobs in 'received' need processing
-        again; the service re-queues them.
+        again; the service re-queues them. The adopted jobs, (job id, facts), are left in
+        :attr:`adopted` for the service to announce (logs, the object-received hook).
         """
         known = {row[0] for row in self._conn().execute("SELECT path FROM jobs")}
         stats = {"partial_removed": 0, "orphans_adopted": 0, "orphans_removed": 0}
@@ -324,8 +327,9 @@ class Spool:
                     facts = adopt(source_type, f)
                     if facts is not None:
                         fsync_file(f)
-                        self.record(f, TransportFacts(source=source, source_type=source_type,
-                                                       received_at=f.stat().st_mtime, **facts))
+                        job_facts = TransportFacts(source=source, source_type=source_type,
+                                                   received_at=f.stat().st_mtime, **facts)
+                        self.adopted.append((self.record(f, job_facts), job_facts))
                         stats["orphans_adopted"] += 1
                     else:
                         f.unlink(missing_ok=True)

@@ -1,4 +1,11 @@
-"""The folder destination: atomic writes under a root, paths from a template."""
+"""The folder destination: atomic writes under a root, paths from a template.
+
+Each object is written to a temporary file in ``ROOT/.pacsguard-tmp/``, fsync'd, then
+renamed to its place: a reader never sees half a file. A temporary file that a kill -9
+left is removed when the destination starts (so do not point two running pacsguard
+services at one destination folder). Where the target folder is on another file system
+than the root (a mount below it), the temporary file is made beside the target instead.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +15,17 @@ import shutil
 import uuid
 from pathlib import Path
 
+import structlog
 from pydantic import Field, field_validator
 
 from pacsguard.daemon.errors import DeliveryError
 from pacsguard.daemon.extension import Destination, Options
-from pacsguard.daemon.fileio import fsync_dir
+from pacsguard.daemon.fileio import fsync_dir, fsync_file
 from pacsguard.daemon.units import AbsPath
 
 from .template import DEFAULT_TEMPLATE, render, template_fields
+
+log = structlog.get_logger("pacsguard.folder")
 
 _RETRYABLE = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO,
               errno.ENOENT, errno.ESTALE, errno.EBUSY}
@@ -33,11 +43,26 @@ class FolderDestinationOptions(Options):
         return v
 
 
+TMP_DIR = ".pacsguard-tmp"
+
+
 class FolderDestination(Destination):
     """Write each object to a folder, at a path built from its attributes."""
 
     name = "folder"
     Options = FolderDestinationOptions
+
+    def start(self) -> None:
+        tmp_dir = self.options.path / TMP_DIR
+        removed = 0
+        if tmp_dir.is_dir() and not tmp_dir.is_symlink():
+            for leftover in tmp_dir.iterdir():
+                if leftover.name.endswith(".tmp") and leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            log.info("removed temporary files an interrupted run left", destination=self.destination_name,
+                     files=removed)
 
     def send(self, path: Path, header) -> None:
         root = self.options.path
@@ -60,7 +85,11 @@ class FolderDestination(Destination):
                 folder.mkdir(exist_ok=True)
             if not target.parent.resolve().is_relative_to(real_root):
                 raise DeliveryError("destination path leaves the destination root", permanent=True)
-            tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+            tmp_dir = root / TMP_DIR
+            tmp_dir.mkdir(exist_ok=True)
+            if tmp_dir.is_symlink():
+                raise DeliveryError(f"{TMP_DIR} in the destination root is a symbolic link", permanent=True)
+            tmp = tmp_dir / f"{uuid.uuid4().hex}.tmp"
             try:
                 shutil.copyfile(path, tmp)
                 if self.options.fsync:
@@ -69,7 +98,17 @@ class FolderDestination(Destination):
                         os.fsync(fd)
                     finally:
                         os.close(fd)
-                os.replace(tmp, target)
+                try:
+                    os.replace(tmp, target)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    tmp.unlink(missing_ok=True)  # another file system below the root
+                    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+                    shutil.copyfile(path, tmp)
+                    if self.options.fsync:
+                        fsync_file(tmp)
+                    os.replace(tmp, target)
             finally:
                 if tmp.exists():
                     tmp.unlink(missing_ok=True)

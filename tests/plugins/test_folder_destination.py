@@ -265,3 +265,30 @@ def test_source_file_vanishing_leaves_no_temp_file(tmp_path):
     assert excinfo.value.permanent is False  # ENOENT: retried
     files, _ = walk(root)
     assert files == set()
+
+
+def test_temporary_files_left_by_a_kill_are_removed_at_start(tmp_path, source):
+    """A kill -9 during a write leaves ROOT/.pacsguard-tmp/*.tmp: the destination removes
+    them when it starts sending again; objects are written as before."""
+    from pacsguard.daemon.config import RetryConfig  # noqa: F401 (the spec type below)
+    from pacsguard.daemon.delivery import DestinationWorker
+    from pacsguard.daemon.spool import Spool
+
+    root = tmp_path / "out"
+    leftover = root / ".pacsguard-tmp" / "0123abcd.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half an object")
+    dest = destination(root)
+
+    class Spec:
+        parallel, retry = 1, None
+
+    spool = Spool(tmp_path / "spool")
+    worker = DestinationWorker("out", dest, Spec(), spool, hook=None)
+    worker.start()
+    worker.stop(5)
+    spool.close()
+    assert not leftover.exists()
+    dest.send(source, header())
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [f"{header().SOPInstanceUID}.dcm"]

@@ -10,7 +10,7 @@ spool (SQLite in WAL mode is made for several processes). They talk over one pip
   for jobs put back to 'received' (``pacsguard quarantine retry``), ``("wake", names)``,
   ``("wake_all",)``, ``("apply", config_text, config_path)`` after a reload,
   ``("stop", timeout)``;
-- child -> parent: ``("ready",)``, ``("hook", name, kwargs)`` for the observation hooks
+- child -> parent: ``("ready", requeued)`` (how many jobs it found left to process), ``("hook", name, kwargs)`` for the observation hooks
   (routed, stage finished, delivered, delivery failed, quarantined), which the parent
   calls on its own plugin manager so metrics and audit plugins see them exactly once,
   ``("grew", bytes)`` when processing wrote files into the spool (its size limit is
@@ -40,7 +40,7 @@ _RELAYED = ("pacsguard_object_routed", "pacsguard_stage_finished", "pacsguard_ob
             "pacsguard_delivery_failed", "pacsguard_object_quarantined")
 
 
-class DeliveryProcess:
+class WorkerProcess:
     """Parent-side handle of the worker process, with the interfaces of the Processor and
     of the DeliveryManager that the service uses."""
 
@@ -58,6 +58,7 @@ class DeliveryProcess:
         self._stopped = threading.Event()
         self._drained = False
         self._error: str | None = None
+        self._requeued_at_start: int | None = None
         # Only the observation hooks that something here implements cross the pipe.
         observed = [name for name in _RELAYED if getattr(hook, name).get_hookimpls()]
         self._proc = ctx.Process(
@@ -96,6 +97,7 @@ class DeliveryProcess:
             elif kind == "grew":
                 self._on_grew(int(msg[1]))
             elif kind == "ready":
+                self._requeued_at_start = int(msg[1]) if len(msg) > 1 else 0
                 self._ready.set()
             elif kind == "stopped":
                 self._drained = bool(msg[1])
@@ -118,7 +120,12 @@ class DeliveryProcess:
         self._send("submit", job_id)
 
     def requeue_received(self) -> int:
-        """Let the child look for jobs in state 'received'; it logs what it found."""
+        """Let the child look for jobs in state 'received'. The first call answers how many
+        the child queued when it started (the jobs left 'received' by the last run); later
+        calls answer 0 (the child logs what it finds)."""
+        if self._requeued_at_start is not None:
+            n, self._requeued_at_start = self._requeued_at_start, None
+            return n
         self._send("requeue")
         return 0
 
@@ -212,10 +219,20 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
     from .parsing import ParseLimits
     from .pipeline import Processor
     from .plugins import collect, get_plugin_manager
-    from .service import build_runtime
+    from .runtime import build_runtime
     from .spool import Spool
 
     lock = threading.Lock()
+
+    def tell(*msg) -> bool:
+        """Send to the service; False when it is gone (it died, or was killed, meanwhile)."""
+        with lock:
+            try:
+                conn.send(msg)
+                return True
+            except (OSError, ValueError):
+                return False
+
     try:
         pm = get_plugin_manager()
         registry = collect(pm)
@@ -232,11 +249,18 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
                               batch_size=cfg.batch_size, on_routed=manager.wake,
                               limits=ParseLimits(max_inflated=cfg.max_inflated))
         processor.start()
+        requeued = processor.requeue_received()
     except Exception as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        tell("error", f"{type(exc).__name__}: {exc}")
         return
-    conn.send(("ready",))
-    requeued = processor.requeue_received()
+    if not tell("ready", requeued):
+        # The service died while this process started: finish what was taken, leave the
+        # rest in the spool for the next start.
+        log.warning("service process went away while the worker process started; it stops",
+                    in_flight=manager.in_flight)
+        processor.stop(ORPHAN_GRACE)
+        manager.stop(ORPHAN_GRACE)
+        return
     log.info("worker process started", destinations=sorted(manager.workers), requeued=requeued)
 
     while True:
@@ -275,7 +299,6 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
             deadline = time.monotonic() + float(msg[1])
             processed = processor.stop(float(msg[1]))
             drained = manager.stop(max(0.0, deadline - time.monotonic())) and processed
-            with lock:
-                conn.send(("stopped", drained))
+            tell("stopped", drained)
             spool.close()
             return

@@ -14,7 +14,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from pacsguard.daemon.config import load_config_text
-from pacsguard.daemon.delivery_process import DeliveryProcess, _Relay
+from pacsguard.daemon.worker_process import WorkerProcess, _Relay
 from pacsguard.daemon.hookspecs import hookimpl
 from pacsguard.daemon.item import TransportFacts
 from pacsguard.daemon.plugins import collect, get_plugin_manager
@@ -74,7 +74,7 @@ def route_one(spool: Spool, tmp_path: Path) -> int:
 def test_child_delivers_and_relays_hooks_to_the_parent(tmp_path):
     out = tmp_path / "out"
     loaded, spool, pm, rec = setup(tmp_path, out)
-    proc = DeliveryProcess(loaded, spool.root, 0, pm.hook)
+    proc = WorkerProcess(loaded, spool.root, 0, pm.hook)
     try:
         assert proc.pid != os.getpid() and proc.alive()
         jobs = [route_one(spool, tmp_path) for _ in range(3)]
@@ -95,7 +95,7 @@ def test_quarantine_in_the_child_reaches_the_parent(tmp_path):
     out = tmp_path / "blocked"
     out.write_text("a file where the destination folder should be")
     loaded, spool, pm, rec = setup(tmp_path, out)
-    proc = DeliveryProcess(loaded, spool.root, 0, pm.hook)
+    proc = WorkerProcess(loaded, spool.root, 0, pm.hook)
     try:
         job = route_one(spool, tmp_path)
         proc.wake(["out"])
@@ -127,7 +127,7 @@ PARENT = """
 import sys, time
 from pathlib import Path
 from pacsguard.daemon.config import load_config_text
-from pacsguard.daemon.delivery_process import DeliveryProcess
+from pacsguard.daemon.worker_process import WorkerProcess
 from pacsguard.daemon.plugins import collect, get_plugin_manager
 
 if __name__ == "__main__":
@@ -135,7 +135,7 @@ if __name__ == "__main__":
     pm = get_plugin_manager(entry_points=False)
     text = "destinations: {out: {type: folder, path: '%s'}}\\nroutes: [{name: all, to: [out]}]\\n" % (tmp / "out")
     loaded = load_config_text(text, collect(pm))
-    proc = DeliveryProcess(loaded, tmp / "spool", 0, pm.hook)
+    proc = WorkerProcess(loaded, tmp / "spool", 0, pm.hook)
     (tmp / "child.tmp").write_text(str(proc.pid))
     (tmp / "child.tmp").rename(tmp / "child.pid")
     time.sleep(600)
@@ -168,7 +168,7 @@ def _running(pid: int) -> bool:
 
 def test_sigterm_to_the_child_stops_it(tmp_path):
     loaded, spool, pm, _ = setup(tmp_path, tmp_path / "out")
-    proc = DeliveryProcess(loaded, spool.root, 0, pm.hook)
+    proc = WorkerProcess(loaded, spool.root, 0, pm.hook)
     os.kill(proc.pid, signal.SIGTERM)
     assert wait_until(lambda: not proc.alive(), 15)
     proc.stop(1)
@@ -179,7 +179,7 @@ def test_child_processes_what_the_service_received(tmp_path):
     and the routing hook reaches the parent's plugins."""
     out = tmp_path / "out"
     loaded, spool, pm, rec = setup(tmp_path, out)
-    proc = DeliveryProcess(loaded, spool.root, 0, pm.hook)
+    proc = WorkerProcess(loaded, spool.root, 0, pm.hook)
     try:
         src = tmp_path / "in.dcm"
         src.write_bytes(CT.read_bytes())
@@ -190,5 +190,47 @@ def test_child_processes_what_the_service_received(tmp_path):
         assert rec.routed == [(job, ["all"])]
         assert spool.get_job(job).state == "done"
         assert [p.name for p in out.iterdir()]
+    finally:
+        assert proc.stop(10)
+
+
+def test_a_worker_whose_service_dies_while_it_starts_exits_cleanly(tmp_path, capfd):
+    """The service is gone before the worker says it is ready (its pipe is closed): no
+    traceback, exit 0, and what was received stays safe in the spool or was processed."""
+    import multiprocessing
+
+    from pacsguard.daemon.worker_process import child_main
+
+    out = tmp_path / "out"
+    loaded, spool, pm, _ = setup(tmp_path, out)
+    src = tmp_path / "in.dcm"
+    src.write_bytes(CT.read_bytes())
+    job = spool.ingest_file(src, FACTS)
+    ctx = multiprocessing.get_context("spawn")
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=child_main, args=(child_end, loaded.text, None, str(spool.root), 0))
+    child.start()
+    child_end.close()
+    parent_end.close()  # the service dies while its worker starts
+    child.join(60)
+    err = capfd.readouterr().err
+    assert child.exitcode == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert spool.get_job(job).state in ("received", "routed", "done")
+
+
+def test_the_worker_reports_what_it_requeued_at_start(tmp_path):
+    out = tmp_path / "out"
+    loaded, spool, pm, rec = setup(tmp_path, out)
+    jobs = []
+    for i in range(3):
+        src = tmp_path / f"in{i}.dcm"
+        src.write_bytes(CT.read_bytes())
+        jobs.append(spool.ingest_file(src, FACTS))
+    proc = WorkerProcess(loaded, spool.root, 0, pm.hook)
+    try:
+        assert proc.requeue_received() == 3  # the count the child found at its start
+        assert proc.requeue_received() == 0  # later calls only ask it to look again
+        assert wait_until(lambda: len(rec.delivered) == 3), rec.delivered
     finally:
         assert proc.stop(10)
