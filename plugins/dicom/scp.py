@@ -15,6 +15,14 @@ object stays in the spool. A caller that breaks the protocol gets an A-ABORT.
 Access: the called AE title must be this node's; the calling AE title must be on the
 allow-list (optionally from a given host or network); otherwise the association is
 rejected (A-ASSOCIATE-RJ) and the refusal logged with AE titles and address only.
+
+Slow peers (slow-loris): the TLS handshake and the whole A-ASSOCIATE-RQ must arrive within
+``acse_timeout`` of the connection, and each DIMSE message within its budget of waiting
+(:class:`.ul.MessageReader`: ``dimse_timeout`` plus time earned at ``min_transfer_rate``);
+an association idle for ``network_timeout`` is closed. Connections that hold no association
+slot (still setting up, or C-ECHO only) are kept in a pool of their own, where a new one
+drops the oldest (:mod:`.admission`): they cannot take the slots of storing associations,
+and C-ECHO stays answered when every slot is busy.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from pacsguard.daemon.units import AbsPath, Duration, Size
 
 from . import tls as tlsmod
 from . import ul
+from .admission import DropLog, Pending, PendingPool
 from .aetitle import AETitle
 from .ul import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -179,15 +188,35 @@ class DicomSourceOptions(Options):
         default_factory=list,
         description="callers allowed to connect: [{ae_title, host}], host optional; others are rejected."
                     " Empty or absent: ANY caller is accepted (only on a network you trust)")
-    max_associations: int = Field(10, ge=1, le=1000, description="simultaneous associations; more are rejected"
-                                                                 " (transient: callers retry)")
-    acse_timeout: Duration = Field(30.0, gt=0, description="wait this long for association messages")
-    dimse_timeout: Duration = Field(60.0, gt=0, description="wait this long for DIMSE messages")
-    network_timeout: Duration = Field(60.0, gt=0, description="close an association idle for this long")
+    max_associations: int = Field(
+        10, ge=1, le=1000, description="simultaneous associations that may store (C-STORE); more are rejected"
+                                       " (transient: callers retry). C-ECHO-only associations count against"
+                                       " max_pending_associations instead")
+    max_pending_associations: int | None = Field(
+        None, ge=1, le=2000,
+        description="connections that hold no association slot: still in their TLS handshake or association"
+                    " request, or C-ECHO-only. When there are this many, a new connection drops the oldest"
+                    " (under a slow-loris attack, a slow one). Absent: twice max_associations, at least 16")
+    acse_timeout: Duration = Field(
+        30.0, gt=0, description="the TLS handshake and the whole association request must be done within this,"
+                                " counted from the connection")
+    dimse_timeout: Duration = Field(
+        60.0, gt=0, description="wait this long for each read within a DIMSE message; the whole message may take"
+                                " this long of waiting plus 1s for each min_transfer_rate bytes it brings")
+    min_transfer_rate: Size = Field(
+        16 * 1024, ge=1, description="bytes per second: a DIMSE message slower than this on average is cut off"
+                                     " (the association aborted) once its dimse_timeout head start is spent;"
+                                     " slow-loris protection, lower it only for callers on very slow links")
+    network_timeout: Duration = Field(60.0, gt=0, description="close an association idle (between messages)"
+                                                              " for this long")
     max_pdu: Size = Field(
         0, description="largest PDU this node accepts, announced to callers (0: unlimited, the fastest;"
                        " otherwise at least 4096 bytes)")
     tls: TlsOptions | None = Field(None, description="accept DICOM over TLS only (TLS 1.2 or newer); absent: plain TCP")
+
+    @property
+    def pending_limit(self) -> int:
+        return self.max_pending_associations or max(16, 2 * self.max_associations)
 
     @field_validator("max_pdu")
     @classmethod
@@ -366,6 +395,8 @@ class _Session:
     refused: int = 0
     channel: ul.Channel | None = None
     contexts: dict = field(default_factory=dict)  # accepted presentation context id -> transfer syntax
+    needs_slot: bool = True  # False: C-ECHO only, in the pending pool instead of an association slot
+    pending: Pending | None = None  # its entry in the pending pool (until it has a slot, or to its end)
 
 
 class _Incoming:
@@ -463,7 +494,8 @@ class DicomSource(Source):
         self._idle = threading.Condition()
         self._lock = threading.Lock()
         self._active: dict[str, tuple[_Session, threading.Thread]] = {}
-        self._pending = 0  # connections not yet accepted or refused
+        self._pool = PendingPool(options.pending_limit)  # connections without an association slot
+        self._drops = DropLog(self.source_name)
         self._syntaxes = frozenset(transfer_syntaxes())
         self._spool_full = False  # log the start and the end of a spool-full spell, not every refusal
         self.port: int | None = None
@@ -515,9 +547,12 @@ class DicomSource(Source):
         for session, _ in open_assocs:
             if session.channel is not None:
                 session.channel.abort(ul.ABORT_PROVIDER)
+        dropped = self._pool.drop_all()  # connections still setting up
         for _, thread in open_assocs:
             thread.join(timeout=2)
-        log.info("DICOM node stopped", source=self.source_name, aborted_associations=len(open_assocs))
+        self._drops.flush(final=True)
+        log.info("DICOM node stopped", source=self.source_name, aborted_associations=len(open_assocs),
+                 dropped_connections=dropped)
 
     def reload_tls(self) -> bool:
         """Re-read the TLS certificate, key and CA files now (for SIGHUP). Returns False when
@@ -542,6 +577,7 @@ class DicomSource(Source):
     # -- connections ------------------------------------------------------------------------
     def _accept_loop(self, listener: socket.socket) -> None:
         while not self._closing:
+            self._drops.flush()
             try:
                 conn, addr = listener.accept()
             except socket.timeout:
@@ -556,21 +592,35 @@ class DicomSource(Source):
             host = addr[0] if addr else ""
             if host.startswith("::ffff:"):
                 host = host[7:]
-            with self._lock:
-                self._pending += 1
-            threading.Thread(target=self._serve, args=(conn, host), daemon=True,
-                             name=f"dicom-assoc-{self.source_name}").start()
+            accepted = time.monotonic()
+            try:
+                entry, evicted = self._pool.admit(conn, host)
+            except OSError as exc:  # out of file descriptors
+                log.warning("accepting a connection failed", source=self.source_name,
+                            error=exc.strerror or type(exc).__name__)
+                conn.close()
+                continue
+            if evicted is not None:
+                self._drops.note(evicted.host, "too many connections without an association slot: the oldest"
+                                               " is dropped")
+            try:
+                threading.Thread(target=self._serve, args=(conn, host, entry, accepted), daemon=True,
+                                 name=f"dicom-assoc-{self.source_name}").start()
+            except RuntimeError:  # no more threads: refuse this one, keep listening
+                log.warning("accepting a connection failed", source=self.source_name, error="cannot start a thread")
+                self._pool.release(entry)
+                conn.close()
 
-    def _serve(self, conn: socket.socket, host: str) -> None:
+    def _serve(self, conn: socket.socket, host: str, entry: Pending, accepted: float) -> None:
         structlog.contextvars.clear_contextvars()
         session = None
         try:
-            session = self._open(conn, host)
+            session = self._open(conn, host, entry, accepted)
         except Exception as exc:  # a bug: never take the listener down
             log.error("association failed", source=self.source_name, error=bug_summary(exc))
         finally:
-            with self._lock:
-                self._pending -= 1
+            if session is None or session.needs_slot:
+                self._pool.release(entry)
         if session is None:
             return
         ended = "association aborted"
@@ -582,24 +632,35 @@ class DicomSource(Source):
         finally:
             with self._lock:
                 self._active.pop(session.id, None)
+            self._pool.release(entry)
             session.channel.close()
             self._ended(session, ended)
 
-    def _open(self, conn: socket.socket, host: str) -> _Session | None:
-        """TLS handshake, A-ASSOCIATE-RQ, and the answer. The session when accepted."""
+    def _open(self, conn: socket.socket, host: str, entry: Pending, accepted: float) -> _Session | None:
+        """TLS handshake, A-ASSOCIATE-RQ, and the answer. The session when accepted.
+
+        The handshake and the whole request must be done within ``acse_timeout`` of the
+        connection (a per-read timeout would let a peer sending a byte a second hold the
+        connection for ever)."""
         opts = self.options
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        conn.settimeout(opts.acse_timeout)
+        deadline = accepted + opts.acse_timeout
+        conn.settimeout(max(deadline - time.monotonic(), 0.001))
         if self._tls is not None:
-            try:
+            try:  # (Python bounds the whole handshake by the socket's timeout)
                 conn = self._tls.get().wrap_socket(conn, server_side=True)
             except (OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
-                log.warning("TLS handshake failed: connection refused", source=self.source_name,
-                            calling_host=host, reason=str(reason))
+                if entry.dropped:
+                    pass
+                elif isinstance(exc, TimeoutError):
+                    self._drops.note(host, "TLS handshake not done within acse_timeout")
+                else:
+                    log.warning("TLS handshake failed: connection refused", source=self.source_name,
+                                calling_host=host, reason=str(reason))
                 try:  # closed, not only shut down: bytes a plain-TCP caller already sent stay unread
                     conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -607,6 +668,8 @@ class DicomSource(Source):
                 conn.close()
                 return None
         ch = ul.Channel(conn)
+        ch.settimeout(opts.acse_timeout)
+        ch.set_budget(deadline - time.monotonic())
         try:
             kind, length = ch.read_header()
             if kind != ul.ASSOCIATE_RQ or length > ul.MAX_ASSOCIATE:
@@ -619,16 +682,26 @@ class DicomSource(Source):
             ch.abort(ul.ABORT_PROVIDER, ul.REASON_UNEXPECTED_PDU)
             return None
         except ul.ULError as exc:
-            log.info("connection closed before an association request", source=self.source_name,
-                     calling_host=host, reason=str(exc))
+            if isinstance(exc, ul.TimedOut) and not entry.dropped:
+                self._drops.note(host, "association request not complete within acse_timeout")
+            elif not entry.dropped:
+                log.info("connection closed before an association request", source=self.source_name,
+                         calling_host=host, reason=str(exc))
+            ch.close()
+            return None
+        ch.set_budget(None)
+        results, accepted_contexts, needs_slot = self._negotiate(proposal)
+        if needs_slot:  # out of the pending pool: a complete request is no slow one
+            self._pool.release(entry)
+        if entry.dropped:  # the pool dropped it meanwhile (and logged it)
             ch.close()
             return None
         session = _Session(uuid.uuid4().hex[:8], proposal.calling, proposal.called, host, time.monotonic(),
-                           channel=ch)
+                           channel=ch, needs_slot=needs_slot, pending=None if needs_slot else entry)
         structlog.contextvars.bind_contextvars(association=session.id, calling_ae=session.calling_ae,
                                                calling_host=host)
         with self._lock:
-            refusal = self._refusal(proposal, host)
+            refusal = self._refusal(proposal, host, needs_slot)
             if refusal is None:
                 self._active[session.id] = (session, threading.current_thread())
         if refusal is not None:
@@ -641,18 +714,6 @@ class DicomSource(Source):
                 pass
             ch.close()
             return None
-        results = []
-        accepted: dict[int, str] = {}
-        for ctx_id, abstract, syntaxes in proposal.contexts:
-            if not acceptable_abstract_syntax(abstract):
-                results.append((ctx_id, ul.ABSTRACT_SYNTAX_NOT_SUPPORTED, syntaxes[0] if syntaxes else ""))
-                continue
-            ts = next((t for t in syntaxes if t in self._syntaxes), None)
-            if ts is None:
-                results.append((ctx_id, ul.TRANSFER_SYNTAXES_NOT_SUPPORTED, syntaxes[0] if syntaxes else ""))
-            else:
-                results.append((ctx_id, ul.ACCEPTANCE, ts))
-                accepted[ctx_id] = ts
         try:
             ch.send(ul.associate_ac(called=proposal.called_raw, calling=proposal.calling_raw, results=results,
                                     max_pdu=opts.max_pdu, impl_uid=IMPLEMENTATION_CLASS_UID,
@@ -664,12 +725,31 @@ class DicomSource(Source):
             ch.close()
             return None
         ch.peer_max_pdu = proposal.max_pdu
-        session.contexts = accepted
-        log.info("association accepted", source=self.source_name, contexts=len(accepted),
-                 called_ae=session.called_ae)
+        session.contexts = accepted_contexts
+        log.info("association accepted", source=self.source_name, contexts=len(accepted_contexts),
+                 called_ae=session.called_ae, **({} if needs_slot else {"verification_only": True}))
         return session
 
-    def _refusal(self, proposal: ul.Proposal, host: str):
+    def _negotiate(self, proposal: ul.Proposal) -> tuple[list, dict[int, str], bool]:
+        """(results for the A-ASSOCIATE-AC, accepted context id -> transfer syntax, whether
+        the association needs a slot: False when it can do nothing but C-ECHO)."""
+        results = []
+        accepted: dict[int, str] = {}
+        needs_slot = False
+        for ctx_id, abstract, syntaxes in proposal.contexts:
+            if not acceptable_abstract_syntax(abstract):
+                results.append((ctx_id, ul.ABSTRACT_SYNTAX_NOT_SUPPORTED, syntaxes[0] if syntaxes else ""))
+                continue
+            ts = next((t for t in syntaxes if t in self._syntaxes), None)
+            if ts is None:
+                results.append((ctx_id, ul.TRANSFER_SYNTAXES_NOT_SUPPORTED, syntaxes[0] if syntaxes else ""))
+            else:
+                results.append((ctx_id, ul.ACCEPTANCE, ts))
+                accepted[ctx_id] = ts
+                needs_slot = needs_slot or abstract != ul.VERIFICATION
+        return results, accepted, needs_slot
+
+    def _refusal(self, proposal: ul.Proposal, host: str, needs_slot: bool = True):
         """Why this association must be refused (the caller holds ``self._lock``), or None."""
         opts = self.options
         calling, called = proposal.calling, proposal.called
@@ -685,7 +765,7 @@ class DicomSource(Source):
                 known = any(c.ae_title == calling for c in opts.allowed_callers)
                 why = "calling AE title not allowed from this host" if known else "calling AE title not allowed"
                 return (REJECT_PERMANENT, SOURCE_USER, REASON_CALLING_AE), why
-        if len(self._active) >= opts.max_associations:
+        if needs_slot and sum(s.needs_slot for s, _ in self._active.values()) >= opts.max_associations:
             return (REJECT_TRANSIENT, SOURCE_PRESENTATION, REASON_LOCAL_LIMIT), "too many associations"
         return None
 
@@ -706,11 +786,20 @@ class DicomSource(Source):
         while True:
             try:
                 what, ctx_id, cmd = reader.next_message(on_command, idle_timeout=opts.network_timeout,
-                                                        message_timeout=opts.dimse_timeout)
+                                                        message_timeout=opts.dimse_timeout,
+                                                        min_rate=opts.min_transfer_rate)
             except ul.ULError as exc:
                 for store in incoming:  # a data set cut off: nothing of it stays in the spool
                     self._abandon(store)
                 incoming.clear()
+                if session.pending is not None and session.pending.dropped:
+                    ch.close()  # dropped from the pending pool (and logged) or stopping
+                    return "association dropped"
+                if isinstance(exc, ul.TimedOut) and reader.in_message:
+                    self._drops.note(session.host, "DIMSE message too slow (dimse_timeout, min_transfer_rate):"
+                                                   " association aborted")
+                    ch.abort(ul.ABORT_PROVIDER)
+                    return "association aborted: too slow"
                 if isinstance(exc, ul.ProtocolError):
                     log.warning("protocol error: association aborted", source=self.source_name, reason=str(exc))
                     ch.abort(ul.ABORT_PROVIDER, ul.REASON_UNEXPECTED_PDU)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Optional
 
@@ -69,6 +70,11 @@ class ULError(Exception):
 
 class PeerAborted(ULError):
     pass
+
+
+class TimedOut(ULError):
+    """The peer was too slow: a read, or a whole message or association request, ran past
+    its bound (a slow-loris peer ends here)."""
 
 
 class ProtocolError(ULError):
@@ -289,7 +295,15 @@ def decode_acceptance(raw: bytes) -> Acceptance:
 
 
 class Channel:
-    """One association's socket: PDUs in and out, P-DATA fragments streamed."""
+    """One association's socket: PDUs in and out, P-DATA fragments streamed.
+
+    Reads have two bounds. The socket timeout (:meth:`settimeout`) bounds each read (and
+    each send, as a whole). A budget (:meth:`set_budget`) bounds the time spent waiting on
+    the peer over many reads: with a per-read timeout alone, a peer that sends one byte
+    just before each timeout would hold the connection forever (slow-loris). Only the time
+    spent waiting in ``recv`` is charged to the budget, not the time this node spends
+    itself (writing a data set into the spool): a slow disk here must not cut off a peer.
+    """
 
     CHUNK = 1 << 20
 
@@ -299,10 +313,28 @@ class Channel:
         self._buf = bytearray(self.CHUNK + 12)
         self._view = memoryview(self._buf)
         self.closed = False
+        self._timeout = sock.gettimeout()  # per read and per send
+        self._sock_timeout = self._timeout  # what the socket has now
+        self._budget: Optional[float] = None  # seconds the reads may still wait on the peer
+        self._rate = 0
 
     # -- low level ------------------------------------------------------------------------
     def settimeout(self, seconds: Optional[float]) -> None:
-        self.sock.settimeout(seconds)
+        """Bound each read and each send to ``seconds`` (None: no bound)."""
+        self._timeout = seconds
+        self._set_sock_timeout(seconds)
+
+    def set_budget(self, seconds: Optional[float], *, min_rate: int = 0) -> None:
+        """From now on the reads may wait on the peer ``seconds`` in all, plus one second for
+        each ``min_rate`` bytes received (None: only the per-read timeout bounds them);
+        :class:`TimedOut` once that is spent."""
+        self._budget = seconds
+        self._rate = min_rate
+
+    def _set_sock_timeout(self, seconds: Optional[float]) -> None:
+        if seconds != self._sock_timeout:
+            self.sock.settimeout(seconds)
+            self._sock_timeout = seconds
 
     def recv_exact(self, n: int) -> bytes:
         if n <= 0:
@@ -316,20 +348,30 @@ class Channel:
         return bytes(out)
 
     def _recv_into(self, view, n: int) -> int:
+        budget = self._budget
+        if budget is not None:
+            if budget <= 0:
+                raise TimedOut("timed out: the peer is too slow")
+            # (no system call while the budget is larger than the per-read timeout)
+            self._set_sock_timeout(budget if self._timeout is None else min(budget, self._timeout))
+            started = time.monotonic()
         try:
             k = self.sock.recv_into(view, n)
         except socket.timeout:
-            raise ULError("timed out waiting for the peer") from None
+            raise TimedOut("timed out waiting for the peer") from None
         except ssl.SSLError as exc:
             raise ULError(f"TLS error ({exc.reason or type(exc).__name__})") from None
         except OSError as exc:
             raise ULError(f"connection lost ({exc.strerror or type(exc).__name__})") from None
         if not k:
             raise ULError("connection closed by the peer")
+        if budget is not None:
+            self._budget = budget - (time.monotonic() - started) + (k / self._rate if self._rate else 0.0)
         return k
 
-    def read_header(self) -> tuple[int, int]:
-        head = self.recv_exact(6)
+    def read_header(self, first: bytes = b"") -> tuple[int, int]:
+        """(PDU type, length) of the next PDU, whose ``first`` bytes may be read already."""
+        head = first + self.recv_exact(6 - len(first))
         return head[0], struct.unpack_from(">I", head, 2)[0]
 
     def skip(self, n: int) -> None:
@@ -346,6 +388,7 @@ class Channel:
             n -= k
 
     def send(self, data) -> None:
+        self._set_sock_timeout(self._timeout)  # a read may have left a tighter one
         try:
             self.sock.sendall(data)
         except socket.timeout:
@@ -400,7 +443,7 @@ class Channel:
         if self.closed:
             return
         try:
-            self.sock.settimeout(1.0)
+            self._set_sock_timeout(1.0)
             self.sock.sendall(abort_pdu(source, reason))
         except OSError:
             pass
@@ -429,6 +472,16 @@ class MessageReader:
     Returns ("message", ctx_id, command) or ("release", None, None); raises ULError.
     A PDU may carry the end of one message and the start of the next: what is left of it
     is read by the next call.
+
+    Time bounds: the first byte of a message may take ``idle_timeout`` (an idle
+    association). From then on, no read may wait longer than ``message_timeout``, and the
+    whole message must come within ``message_timeout`` of waiting plus one second for each
+    ``min_rate`` bytes it brings (:meth:`Channel.set_budget`). Why a rate and not a
+    deadline for the whole message: a large C-STORE on a slow but honest link (a 2 GB
+    multi-frame at 10 MB/s takes minutes) must not be cut off, while a peer that dribbles
+    a byte a second (slow-loris) must be, whatever the PDU length it announced: its bytes
+    earn it almost nothing, and it is cut off once ``message_timeout`` is spent. A
+    per-PDU deadline would not do: a message may be sent as many tiny PDUs, each in time.
     """
 
     def __init__(self, channel: Channel, contexts: dict[int, str], *, max_pdu: int = 0):
@@ -436,22 +489,38 @@ class MessageReader:
         self.contexts = contexts
         self.max_pdu = max_pdu
         self._remaining = 0  # bytes of the current P-DATA-TF PDU not read yet
+        self.in_message = False  # a message has begun (not idle): what a timeout cut off
 
     def next_message(self, on_command: Callable, *, idle_timeout: Optional[float] = None,
-                     message_timeout: Optional[float] = None):
+                     message_timeout: Optional[float] = None, min_rate: int = 0):
+        ch = self.ch
+        first = b""
+        self.in_message = self._remaining > 0
+        if not self.in_message:  # between messages: the association is idle
+            ch.settimeout(idle_timeout)
+            ch.set_budget(None)
+            first = ch.recv_exact(1)
+            self.in_message = True
+        ch.settimeout(message_timeout)
+        ch.set_budget(message_timeout, min_rate=min_rate)
+        try:
+            out = self._read(on_command, first)
+        finally:
+            ch.set_budget(None)
+        self.in_message = False
+        return out
+
+    def _read(self, on_command: Callable, first: bytes):
         ch = self.ch
         command = bytearray()
         cmd: Optional[dict] = None
         cmd_ctx: Optional[int] = None
         sink = None
         expecting_data = False
-        started = self._remaining > 0
         while True:
             if self._remaining == 0:
-                ch.settimeout(message_timeout if started else idle_timeout)
-                kind, length = ch.read_header()
-                started = True
-                ch.settimeout(message_timeout)
+                kind, length = ch.read_header(first)
+                first = b""
                 if kind == RELEASE_RQ:
                     if command or expecting_data:
                         raise ProtocolError("A-RELEASE-RQ in the middle of a message")

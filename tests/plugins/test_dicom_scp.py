@@ -265,7 +265,8 @@ def scu(port, *, calling="SCU", called="PACSGUARD", files=(), bind=None, tls_arg
     return ae.associate("127.0.0.1", port, **kwargs)
 
 
-def _rejection(port: int, *, calling: str = "SCU", called: str = "PACSGUARD", bind: str | None = None) -> tuple:
+def _rejection(port: int, *, calling: str = "SCU", called: str = "PACSGUARD", bind: str | None = None,
+               abstract: str = ul.VERIFICATION) -> tuple:
     """(result, source, reason) of the A-ASSOCIATE-RJ the node answers, read off a raw
     socket. (pynetdicom's requestor can miss a rejection that comes back very fast: its
     DUL thread closes the socket before the requesting thread looks, which then reports
@@ -276,7 +277,7 @@ def _rejection(port: int, *, calling: str = "SCU", called: str = "PACSGUARD", bi
             s.bind((bind, 0))
         s.connect(("127.0.0.1", port))
         s.sendall(ul.associate_rq(called=called, calling=calling,
-                                  contexts=[(1, ul.VERIFICATION, [str(ImplicitVRLittleEndian)])],
+                                  contexts=[(1, abstract, [str(ImplicitVRLittleEndian)])],
                                   max_pdu=16384, impl_uid="1.2.826.0.1.3680043.9.9999", impl_name="TEST"))
         head = _recv_exact(s, 6)
         assert head[0] == 0x03, f"not an A-ASSOCIATE-RJ: PDU type 0x{head[0]:02X}"
@@ -455,10 +456,15 @@ def test_a_stopping_service_refuses_stores_and_associations(node):
 
 
 def test_simultaneous_associations_are_limited(node):
+    """Associations that may store take a slot; C-ECHO-only ones do not (monitoring's
+    C-ECHO is answered when every slot is busy)."""
     src, _ = node(max_associations=1)
-    first = scu(src.port)
+    first = scu(src.port, files=[get_testdata_file("CT_small.dcm")])
     assert first.is_established
-    assert _rejection(src.port) == (2, 3, 2)
+    assert _rejection(src.port, abstract="1.2.840.10008.5.1.4.1.1.2") == (2, 3, 2)
+    echo = scu(src.port)
+    assert echo.is_established and echo.send_c_echo().Status == 0
+    echo.release()
     first.release()
 
 
