@@ -49,10 +49,10 @@ def test_damaged_files_are_quarantined_with_a_reason(tmp_path, service):
     ds.save_as(no_uids, enforce_file_format=True)
     bad = {
         "notes.dcm": (b"This is a text file, not a DICOM object.\n" * 20,
-                      "not a DICOM file (no DICM prefix and no readable dataset)"),
+                      "not a DICOM file (no DICM prefix, and the content does not start like a DICOM data set)"),
         "empty.dcm": (b"", "empty file (0 bytes)"),
         "MR_truncated.dcm": (truncated.read_bytes(), "truncated DICOM file"),
-        "no-uids.dcm": (no_uids.read_bytes(), "not a DICOM composite object (no SOP Class/Instance UID)"),
+        "no-uids.dcm": (no_uids.read_bytes(), "not a DICOM composite object (no SOPClassUID (0008,0016))"),
     }
     for name, (data, _) in bad.items():
         (inbound / name).write_bytes(data)

@@ -31,11 +31,12 @@ SENDER_REWRITES = {0xFFFCFFFC}
 
 
 def config(port: int, *, node_extra: str = "", spool_extra: str = "", routes: str | None = None,
-           out_extra: str = "") -> str:
+           out_extra: str = "", dests_extra: str = "") -> str:
     routes = routes or "  - {name: pass, to: [out]}\n"
     return (f"node:\n  ae_title: PACSGUARD\n  host: 0.0.0.0\n  port: {port}\n{node_extra}"
             f"spool:\n  path: spool\n{spool_extra}"
             f"destinations:\n  out: {{type: folder, path: out{out_extra}}}\n  m1: {{type: folder, path: m1}}\n"
+            f"{dests_extra}"
             f"routes:\n{routes}"
             "metrics: {enabled: false}\nlogging: {format: json}\n")
 
@@ -237,7 +238,11 @@ def test_allowed_caller_bound_to_its_host(node, tmp_path):
 def test_spool_over_its_limit_answers_a700_and_keeps_nothing_half_stored(tmp_path, service):
     port = free_port()
     files = write_ct_series(tmp_path / "ct", 5)  # ~0.5 MB each: two fit under 1 MiB
-    with service(config(port, spool_extra="  max_size: 1MiB\n")) as pg:
+    # Undelivered work fills the spool (delivered objects would be evicted to make room):
+    # every object also goes to a DICOM node that is down, so none is ever done.
+    down = f"  down: {{type: dicom, ae_title: DOWN, host: 127.0.0.1, port: {free_port()}}}\n"
+    with service(config(port, spool_extra="  max_size: 1MiB\n", dests_extra=down,
+                        routes="  - {name: pass, to: [out, down]}\n")) as pg:
         out = storescu(port, files, calling="STORESCU", args=("-v", "-nh"))  # -nh: go on after a refusal
         text = out.stdout + out.stderr
         assert text.count("Received Store Response (Success)") == 2, text
