@@ -22,6 +22,7 @@ Reasons never quote values: they name tags, keywords and kinds of fault (no pati
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
+from pydicom.valuerep import VR
 
 from .errors import QuarantineError, bug_summary
 
@@ -236,6 +238,8 @@ def fault_phrase(exc: BaseException) -> str:
         return "the file ends inside it"
     if isinstance(exc, LookupError) and "encoding" in text.lower():
         return "its character set is unknown"
+    if type(exc).__name__ == "BytesLengthException":
+        return "its length is not a whole number of values of its value representation"
     if isinstance(exc, (ValueError, TypeError, struct.error, OverflowError, IndexError)):
         return "its value does not match its value representation or length"
     return f"it cannot be read ({type(exc).__name__})"
@@ -261,6 +265,9 @@ def element_problem(ds: Dataset) -> str | None:
         for tag in tags:
             try:
                 raw = current.get_item(tag, keep_deferred=True)
+                vr = getattr(raw, "VR", None)
+                if vr is not None and str(vr) not in _VRS:
+                    raise NotImplementedError("Unknown Value Representation")
                 if getattr(raw, "value", b"") is None:
                     continue  # deferred (a large value left in the file)
                 elem = current[tag]
@@ -276,6 +283,11 @@ def element_problem(ds: Dataset) -> str | None:
     return None
 
 
+_VRS = frozenset(v.value for v in VR) | {"OB or OW", "US or SS", "US or OW", "US or SS or OW"}
+
+_TAG_IN_MESSAGE = re.compile(r"With tag \(([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)")
+
+
 def object_fault(ds: Dataset | None, exc: BaseException, doing: str) -> str:
     """A reason for an unexpected failure while ``doing`` something with an object: the
     element at fault when one cannot be read, else the failure's kind."""
@@ -288,6 +300,10 @@ def object_fault(ds: Dataset | None, exc: BaseException, doing: str) -> str:
             return f"{doing}: {problem}"
     if isinstance(exc, RecursionError):
         return f"{doing}: its sequences are nested too deeply"
+    tagged = _TAG_IN_MESSAGE.search(str(exc))  # pydicom names the element it failed on
+    if tagged:
+        tag = int(tagged.group(1) + tagged.group(2), 16)
+        return f"{doing}: element {describe_tag(tag)}: {fault_phrase(exc.__cause__ or exc)}"
     return f"{doing} failed unexpectedly ({bug_summary(exc)}; the traceback is in the log)"
 
 
@@ -304,8 +320,22 @@ def check_integrity(path: Path, header: Dataset) -> None:
     meta = getattr(header, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     deflated = ts == DEFLATED  # offsets refer to the inflated stream
+    if PIXEL_DATA in header and ts is not None and ts.is_transfer_syntax:
+        length = getattr(header.get_item(PIXEL_DATA, keep_deferred=True), "length", None)
+        if ts.is_compressed and length != UNDEFINED:
+            raise QuarantineError(f"the transfer syntax is {ts.name}, but the pixel data (7FE0,0010) is not"
+                                  " encapsulated (it has a defined length)")
+        if not ts.is_compressed and length == UNDEFINED:
+            raise QuarantineError(f"the transfer syntax is {ts.name} (native), but the pixel data (7FE0,0010)"
+                                  " is encapsulated (undefined length)")
     for tag in list(header.keys()):
         raw = header.get_item(tag, keep_deferred=True)
+        if tag >> 16 in (0x0000, 0x0002):
+            where = "a DIMSE command" if tag >> 16 == 0 else "the File Meta Information"
+            raise QuarantineError(f"element {describe_tag(tag)} belongs in {where}, not in the data set")
+        vr = getattr(raw, "VR", None)
+        if vr is not None and str(vr) not in _VRS:
+            raise QuarantineError(f"element {describe_tag(tag)}: its value representation (VR) is not a valid DICOM VR")
         length = getattr(raw, "length", None)
         if length in (None, UNDEFINED):
             continue

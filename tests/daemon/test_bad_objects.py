@@ -32,7 +32,7 @@ FACTS = TransportFacts(source="inbound", source_type="folder")
 def flipped_vr(tag: bytes = b"\x08\x00\x16\x00") -> bytes:
     """CT_small with the VR of one element (default SOP Class UID) bit-flipped to 'XY'."""
     data = bytearray(CT.read_bytes())
-    at = data.find(tag + b"UI")
+    at = data.find(tag + (b"UI" if tag == b"\x08\x00\x16\x00" else b""))
     data[at + 4:at + 6] = b"XY"
     return bytes(data)
 
@@ -84,25 +84,30 @@ def test_a_broken_element_quarantines_its_object_alone_and_says_which(spool, pm,
 
 
 def test_a_broken_element_that_routing_trips_over_is_named(spool, pm, rec, tmp_path):
-    """The bad element is one a route condition reads (StudyDescription)."""
-    runtime = runtime_from("routes:\n  - {name: r, match: {StudyDescription: {regex: x}}, to: [a]}\n"
+    """The bad element is one a route condition reads (Rows, a US value of 3 bytes): it
+    parses, passes the integrity checks, and breaks only when routing converts it."""
+    runtime = runtime_from("routes:\n  - {name: big, match: {Rows: {gt: 100}}, to: [a]}\n"
                            "  - {name: all, to: [a]}\n", pm, tmp_path)
-    ds = pydicom.dcmread(CT)
-    ds.StudyDescription = "research"
-    path = tmp_path / "sd.dcm"
-    ds.save_as(path)
-    data = bytearray(path.read_bytes())
-    at = data.find(b"\x08\x00\x30\x10LO")
-    data[at + 4:at + 6] = b"Q?"
+    data = bytearray(CT.read_bytes())
+    at = data.find(b"\x28\x00\x10\x00US")
+    data[at + 6:at + 8] = struct.pack("<H", 3)
+    data[at + 10:at + 10] = b"\x00"
     good, bad = ingest(spool, tmp_path), ingest(spool, tmp_path, data=bytes(data))
 
     Processor(spool, pm.hook, lambda: runtime, workers=1).process([bad, good])
 
-    reason, place = quarantine_reasons(spool)[bad]
-    assert reason.endswith("element (0008,1030) StudyDescription: its value representation (VR) is not a valid"
-                           " DICOM VR"), reason
-    assert place == "route"
-    assert [d.job_id for d in deliveries(spool, "a")] == [good]
+    assert quarantine_reasons(spool)[bad] == (
+        "cannot route the object: element (0028,0010) Rows: its length is not a whole number of values of its"
+        " value representation", "route")
+    assert [d.job_id for d in deliveries(spool, "a")] == [good, good]  # both routes
+
+
+def test_an_invalid_vr_anywhere_is_refused_at_parse_with_its_element(spool, pm, rec, tmp_path):
+    runtime = runtime_from("routes:\n  - {name: all, to: [a]}\n", pm, tmp_path)
+    bad = ingest(spool, tmp_path, data=flipped_vr(b"\x08\x00\x80\x00"))  # InstitutionName, untouched by routing
+    Processor(spool, pm.hook, lambda: runtime, workers=1).process([bad])
+    assert quarantine_reasons(spool)[bad] == (
+        "element (0008,0080) InstitutionName: its value representation (VR) is not a valid DICOM VR", "parse")
 
 
 def test_the_worker_loop_never_stalls_on_a_batch(spool, pm, rec, tmp_path):

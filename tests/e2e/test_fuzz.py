@@ -31,6 +31,6 @@ def test_every_mutated_object_ends_delivered_or_quarantined_with_a_reason(tmp_pa
     assert jobs["done"] + jobs["quarantined"] == report.sent_folder + report.acknowledged_network
     assert jobs["quarantined"] > 50 and jobs["done"] > 10  # (the mutations do both)
     assert report.unreadable_reasons == []
-    assert report.echo_failures == [] and report.echoes > 10
+    assert report.echo_failures == [] and report.echoes >= 5
     assert 0 < report.worker_rss_peak_mib < RSS_BOUND_MIB
     assert report.good_delivered

@@ -91,27 +91,22 @@ def _worker_pid(svc: Pacsguard) -> int | None:
 
 def _send_network(port: int, paths: list[Path], report: Report) -> None:
     """C-STORE each file as it is (pynetdicom streams the data set after the meta)."""
-    from pynetdicom import AE, StoragePresentationContexts, build_context
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pydicom.filereader import read_file_meta_info
+    from pynetdicom import AE, build_context
 
     configure_pynetdicom()
     ae = AE(ae_title="FUZZER")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-                "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50",
-                "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80"]
     for batch_start in range(0, len(paths), 20):
         batch = paths[batch_start:batch_start + 20]
-        contexts = {}
+        contexts = {}  # one presentation context per (SOP class, the file's own transfer syntax)
         for p in batch:
             try:
-                from pydicom.filereader import read_file_meta_info
-
                 meta = read_file_meta_info(p)
-                contexts.setdefault(str(meta.MediaStorageSOPClassUID), None)
+                contexts.setdefault((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)), None)
             except Exception:
                 continue
-        ctx = [build_context(uid, syntaxes) for uid in list(contexts)[:100]] or StoragePresentationContexts[:1]
+        ctx = [build_context(cls, [ts]) for cls, ts in contexts] or [build_context("1.2.840.10008.5.1.4.1.1.2")]
         assoc = ae.associate("127.0.0.1", port, ae_title="PACSGUARD", contexts=ctx)
         if not assoc.is_established:
             report.refused_network += len(batch)
