@@ -131,24 +131,32 @@ def decrypt(ds: Dataset, keys) -> None:
         del ds.EncryptedAttributesSequence
 
 
+def _unpadded(der: bytes) -> bytes:
+    """The DER without the null byte DICOM adds to an odd-length OB value (the outer
+    SEQUENCE's own length says where the DER ends)."""
+    if len(der) % 2 or len(der) < 4 or der[0] != 0x30 or der[-1] != 0:
+        return der
+    n = der[1] & 0x7F if der[1] & 0x80 else 0
+    length = 2 + n + (int.from_bytes(der[2:2 + n], "big") if n else der[1])
+    return der[:length] if length == len(der) - 1 else der
+
+
 def _open(ds: Dataset, item: Dataset, key) -> Dataset:
     if item.get("EncryptedContentTransferSyntaxUID") != ExplicitVRLittleEndian or "EncryptedContent" not in item:
         raise QuarantineError("Encrypted Attributes item without Explicit VR Little Endian Encrypted Content")
     try:
-        plain = pkcs7.pkcs7_decrypt_der(bytes(item.EncryptedContent), key.certificate, key.private, [])
+        plain = pkcs7.pkcs7_decrypt_der(_unpadded(bytes(item.EncryptedContent)), key.certificate, key.private, [])
         elements = _raw_elements(plain)
         inner = block.decode(plain)
+        inner.walk(lambda *_: None)  # parse every element now: a changed byte fails here
+        b = block.find(inner)
+        rest = b"".join(raw for tag, raw in elements if tag != b.get_tag(block.DIGEST))
+        genuine = (b[block.SCHEME].value == SCHEME and bytes(b[block.DIGEST].value) == _digest(rest)
+                   and len(inner.ModifiedAttributesSequence) == 1)
     except Exception:  # CMS, padding, parse errors: one reason (no oracle, no content in it)
-        raise QuarantineError(AUTH_FAILED) from None
-    b = block.find(inner)
-    if b is None or block.SCHEME not in b or b[block.SCHEME].value != SCHEME or block.DIGEST not in b:
-        raise QuarantineError(AUTH_FAILED)
-    rest = b"".join(raw for tag, raw in elements if tag != b.get_tag(block.DIGEST))
-    if bytes(b[block.DIGEST].value) != _digest(rest) or "ModifiedAttributesSequence" not in inner:
+        genuine = False
+    if not genuine:
         raise QuarantineError(AUTH_FAILED)
     if block.BOUND_SOP not in b or b[block.BOUND_SOP].value != ds.get("SOPInstanceUID"):
         raise QuarantineError(MOVED)
-    modified = inner.ModifiedAttributesSequence
-    if len(modified) != 1:
-        raise QuarantineError(AUTH_FAILED)
-    return modified[0]
+    return inner.ModifiedAttributesSequence[0]

@@ -107,7 +107,8 @@ class Encrypt(Stage):
         elif scope == "attributes":
             ds = item.dataset
             originals, remove = self._originals(item, ds)
-            ids = attributes.encrypt(ds, recipients, originals, remove)
+            # none of the listed attributes present: nothing to protect, the object is unchanged
+            ids = attributes.encrypt(ds, recipients, originals, remove) if len(originals) else []
         else:
             sealer = sealed.Sealer(recipients)
             item.seal(sealer)
