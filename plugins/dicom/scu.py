@@ -47,7 +47,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacsguard.daemon.errors import DeliveryError
 from pacsguard.daemon.extension import Destination, Options
-from pacsguard.daemon.item import uid_hash
+from pacsguard.daemon.item import SEALED_SUFFIX, uid_hash
 from pacsguard.daemon.units import AbsPath, Duration
 
 from . import tls as tlsmod
@@ -439,6 +439,9 @@ class DicomDestination(Destination):
     # -- the Destination contract -----------------------------------------------------------
 
     def send(self, path: Path, header) -> None:
+        if Path(path).suffix == SEALED_SUFFIX:
+            raise DeliveryError("the object is sealed whole (.pgenc, not DICOM): route it to a folder "
+                                "destination", permanent=True)
         sop_class, sop_instance, own = _identify(header)
         self._remember(sop_class, own)
         link = self._link()
