@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="destination", required=True, metavar="DEST", help="destination name in the config")
     s.add_argument("--verbose", "-v", action="store_true", help="log associations")
     s.set_defaults(func=cmd_send)
+    from .cli_protect import add_commands  # decrypt, inspect
+
+    add_commands(sub, with_config)
     return p
 
 

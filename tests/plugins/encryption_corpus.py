@@ -70,3 +70,11 @@ def image(name: str) -> Path:
 
 def ident(path: Path) -> str:
     return path.name if sum(p.name == path.name for p in images()) == 1 else f"{path.parent.name}/{path.name}"
+
+
+def differing(a, b, ignore=()) -> list[str]:
+    """The attributes that differ; group lengths (gggg,0000) aside: pydicom drops these
+    retired elements whenever it writes a data set, encrypted or not."""
+    tags = sorted(t for t in set(a.keys()) | set(b.keys()) if t.element != 0)
+    return [str(a.get(t, b.get(t)).keyword or t) for t in tags
+            if (a.get(t, b.get(t)).keyword not in ignore) and (t not in a or t not in b or a[t] != b[t])]

@@ -17,7 +17,7 @@ from pacsguard.daemon.errors import QuarantineError
 from pacsguard.daemon.item import Item, TransportFacts
 from pacsguard.plugins.encryption import aead, block, pixels
 from pacsguard.plugins.encryption.stages import Decrypt, Encrypt
-from tests.plugins.encryption_corpus import KNOWN_UNDECODABLE, corpus, ident, image, images
+from tests.plugins.encryption_corpus import KNOWN_UNDECODABLE, corpus, differing, ident, image, images
 from tests.plugins.encryption_keys import TYPES, make_key, public_only
 
 FACTS = TransportFacts(source="test", source_type="folder")
@@ -60,14 +60,6 @@ def native_bytes(ds) -> bytes:
     arr = ds.pixel_array
     data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
     return data + b"\0" * (len(data) % 2)
-
-
-def differing(a, b, ignore=()) -> list[str]:
-    """The attributes that differ; group lengths (gggg,0000) aside: pydicom drops these
-    retired elements whenever it writes a data set, encrypted or not."""
-    tags = sorted(t for t in set(a.keys()) | set(b.keys()) if t.element != 0)
-    return [str(a.get(t, b.get(t)).keyword or t) for t in tags
-            if (a.get(t, b.get(t)).keyword not in ignore) and (t not in a or t not in b or a[t] != b[t])]
 
 
 # --- the corpus -------------------------------------------------------------------------
