@@ -13,7 +13,7 @@ in the README with their meaning per scope:
     xx12 UL  wrapped data key length per recipient (VM 1-n)
     xx13 OB  the wrapped data keys, concatenated in order
     xx20 AT  attributes changed to mark the object as encrypted
-    xx21 OB  their original values: nonce + AES-256-GCM(dataset) + tag
+    xx21 OB  their original values: AES-256-GCM(data set) + tag, nonce base XOR 2^95
     xx30 UI  (inside the encrypted attributes) the SOP Instance UID they were made for
     xx31 OB  (inside the encrypted attributes) SHA-256 of the other elements' encoding
 

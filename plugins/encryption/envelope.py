@@ -6,8 +6,8 @@ Wrapping by recipient type (any one recipient's private key unwraps):
   or larger, so a wrap is 384 bytes or more;
 - ``x25519``: HPKE (RFC 9180) base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
   AES-256-GCM, the context as HPKE ``info``: 80 bytes;
-- ``pq-hybrid``: HPKE with the ML-KEM-768 + X25519 hybrid KEM (X-Wing style), same KDF and
-  AEAD: 1,168 bytes.
+- ``pq-hybrid``: HPKE with the ML-KEM-768 + X25519 hybrid KEM, same KDF and AEAD:
+  1,168 bytes.
 
 The context names the scheme (``PACSGUARD PIXELS 1``...), so a wrapped key taken from one
 kind of envelope does not open in another. Reasons name key IDs, never key material.
