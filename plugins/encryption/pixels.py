@@ -86,6 +86,9 @@ def _marking_context(context: bytes, tags) -> bytes:
 
 def _native(ds: Dataset, arr) -> tuple[bytes, dict]:
     """Native little endian bytes of decoded pixels, and the Image Pixel values they need."""
+    import numpy as np
+
+    arr = np.asarray(arr)  # a decoder plugin may hand back any array-like
     bits = int(ds.BitsAllocated)
     if bits == 1:
         from pydicom.pixels import pack_bits
@@ -174,9 +177,9 @@ def _mark(ds: Dataset, ids: list[str]) -> None:
     ds.ImageComments = f"{MARK}: the pixel data is AES-256-GCM ciphertext; pacsguard decrypt restores it"
 
 
-def decrypt(ds: Dataset, keys) -> list[str]:
+def decrypt(ds: Dataset, keys) -> None:
     """Restore the pixel data (and the marking attributes) of ``ds`` in place with one of
-    ``keys``. Nothing changes unless every check passed. Returns the key IDs tried."""
+    ``keys``. Nothing changes unless every check passed."""
     b = block.find(ds)
     if b is None:
         raise QuarantineError(NOT_ENCRYPTED)
@@ -210,4 +213,3 @@ def decrypt(ds: Dataset, keys) -> list[str]:
         elif t in ds:
             del ds[t]
     block.remove(ds)
-    return [k.key_id for k in keys]

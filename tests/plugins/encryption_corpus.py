@@ -18,7 +18,6 @@ Files without file meta information (``no_meta.dcm``, ``ExplVR_*NoMeta.dcm``,
 
 from __future__ import annotations
 
-import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
