@@ -21,7 +21,7 @@ import structlog
 
 from .config import RetryConfig
 from .errors import DeliveryError
-from .item import HEADERS, read_header
+from .item import delivery_header
 from .pipeline import bug_summary
 from .spool import Delivery, Spool
 
@@ -126,7 +126,7 @@ class DestinationWorker:
     def _deliver(self, d: Delivery) -> None:
         attempt = d.attempts + 1
         try:
-            header = HEADERS.take(d.path) or read_header(d.path)
+            header = delivery_header(d.path)
             self.destination.send(d.path, header)
         except DeliveryError as exc:
             self._failed(d, attempt, exc.reason, exc.permanent, exc.scope)

@@ -26,6 +26,9 @@ from .parsing import (DEFER_SIZE, PIXEL_DATA, UNDEFINED, check_integrity,  # noq
 # Facts about how an object arrived, usable in route `match:` blocks.
 TRANSPORT_FACTS = ("source", "source_type", "calling_ae", "called_ae", "calling_host")
 
+#: The file suffix of an object a stage sealed whole (see :meth:`Item.seal`): not DICOM.
+SEALED_SUFFIX = ".pgenc"
+
 
 @dataclass(frozen=True)
 class TransportFacts:
@@ -76,6 +79,8 @@ class Item:
         self._header: Dataset | None = None
         self._dataset: Dataset | None = None
         self._modified = False
+        self._sealer = None
+        self._seal_received = False
 
     # -- parsing ---------------------------------------------------------------------
     @property
@@ -93,6 +98,11 @@ class Item:
 
         Large values (pixel data) are read from the file when first used; a stage that
         only changes attributes never loads them, and :meth:`write` copies them raw."""
+        if self._sealer is not None:
+            raise QuarantineError("the object is sealed whole (encrypt, scope file): a later stage cannot change it")
+        return self._take_dataset()
+
+    def _take_dataset(self) -> Dataset:
         if self._dataset is None:
             # the header is this item's own parse (with large values deferred): take it over
             self._dataset = self._header if self._header is not None else read_header(self.path)
@@ -104,10 +114,30 @@ class Item:
     def modified(self) -> bool:
         return self._modified
 
+    def seal(self, sealer) -> None:
+        """Have :meth:`write` pass the finished Part-10 bytes through ``sealer(src, dst)``
+        (binary files; the whole-file encryption stage). The object then leaves as those
+        bytes, in a file with :data:`SEALED_SUFFIX`, and its clear header stays beside it
+        in the spool (:func:`header_path`) for the destinations' path templates. No stage
+        can change the object after this. An object no stage changed is sealed as it was
+        received, byte for byte."""
+        self._seal_received = not self._modified
+        self._take_dataset()  # the object is written out
+        self._sealer = sealer
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealer is not None
+
+    @property
+    def output_suffix(self) -> str:
+        """The suffix of the processed file: ``.dcm``, or :data:`SEALED_SUFFIX`."""
+        return SEALED_SUFFIX if self._sealer is not None else ".dcm"
+
     def pixels(self):
         """Decoded pixel data (a numpy array), through the configured decoding path."""
         if self._decode_pixels is None:
-            return self.dataset.pixel_array
+            return self._take_dataset().pixel_array
         return self._decode_pixels(item=self)
 
     def geometry(self) -> tuple:
@@ -126,35 +156,88 @@ class Item:
         return uid_hash(self.header.get("SOPInstanceUID"))
 
     def write(self, dest: Path) -> int:
-        """Write the (modified) dataset to ``dest`` durably; return its size.
+        """Write the (modified) dataset to ``dest`` durably; return the bytes written.
 
         When the pixel data was never loaded (the stages changed attributes only) and the
         encoding is unchanged, its bytes are copied from the received file by the kernel
-        instead of being read into memory and encoded again."""
+        instead of being read into memory and encoded again. A sealed item is written as
+        the sealer's output, with its clear header beside it."""
         made = not dest.parent.is_dir()
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        ds = self.dataset
-        with open(tmp, "wb") as fh:
-            raw = _raw_pixel_range(ds, self.path)
-            if raw is None:
-                ds.save_as(fh, enforce_file_format=bool(getattr(ds, "file_meta", None)))
-                fh.flush()
-            else:
-                head = ds.copy()  # shallow: the elements are shared, not copied
-                del head[_PIXEL_DATA]
-                head.save_as(fh, enforce_file_format=True)
-                with open(self.path, "rb") as src:
-                    try:
-                        append_range(src, fh, *raw)
-                    except EOFError:
-                        raise QuarantineError("the received file ends inside its pixel data") from None
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
+        if self._sealer is not None:
+            size = self._write_sealed(dest)
+        else:
+            size = _durably(dest, self._encode)
         fsync_dir(dest.parent)  # the new name is on disk too (and the new folder's own entry)
         if made:
             fsync_dir(dest.parent.parent)
-        return dest.stat().st_size
+        return size
+
+    def _encode(self, fh) -> None:
+        """The dataset as a Part-10 file into ``fh``."""
+        ds = self._take_dataset()
+        raw = _raw_pixel_range(ds, self.path)
+        if raw is None:
+            ds.save_as(fh, enforce_file_format=bool(getattr(ds, "file_meta", None)))
+            fh.flush()
+            return
+        head = ds.copy()  # shallow: the elements are shared, not copied
+        del head[_PIXEL_DATA]
+        head.save_as(fh, enforce_file_format=True)
+        with open(self.path, "rb") as src:
+            try:
+                append_range(src, fh, *raw)
+            except EOFError:
+                raise QuarantineError("the received file ends inside its pixel data") from None
+
+    def _write_sealed(self, dest: Path) -> int:
+        plain = self.path if self._seal_received else dest.with_name(dest.name + ".plain.part")
+        try:
+            if not self._seal_received:
+                with open(plain, "wb") as fh:  # never synced: it is removed once sealed
+                    self._encode(fh)
+
+            def seal(fh):
+                with open(plain, "rb") as src:
+                    self._sealer(src, fh)
+
+            head = self._take_dataset().copy()
+            if _PIXEL_DATA in head:
+                del head[_PIXEL_DATA]
+            head.walk(lambda *_: None)  # parsed in the encoding it was read in (some files mix VRs)
+            size = _durably(header_path(dest), lambda fh: head.save_as(fh, enforce_file_format=True))
+            return size + _durably(dest, seal)
+        finally:
+            if not self._seal_received:
+                plain.unlink(missing_ok=True)
+
+
+def _durably(dest: Path, fill) -> int:
+    """Write ``dest`` through ``fill(fh)`` into a temporary name, fsync, rename; its size."""
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with open(tmp, "wb") as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest.stat().st_size
+
+
+def header_path(path: Path) -> Path:
+    """Where the clear header of a sealed object is kept in the spool."""
+    return Path(path).with_name(Path(path).name + ".hdr")
+
+
+def delivery_header(path: Path) -> Dataset:
+    """The header a destination gets with the file ``path``: the cached parse, the file's
+    own, or for a sealed object (not DICOM) the clear header kept beside it."""
+    cached = HEADERS.take(path)
+    if cached is not None:
+        return cached
+    return read_header(header_path(path) if Path(path).suffix == SEALED_SUFFIX else path)
 
 
 class HeaderCache:

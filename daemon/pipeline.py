@@ -276,7 +276,7 @@ class Processor:
                 for w in ws:
                     path = w.job.path
                     if w.item.modified:
-                        path = self.spool.out_path(job_id, w.route.name)
+                        path = self.spool.out_path(job_id, w.route.name, w.item.output_suffix)
                         extra += w.item.write(path)
                     elif w.item._header is not None and len(ws) == 1 and len(w.route.to) == 1:
                         HEADERS.put(path, w.item._header)  # its one delivery need not parse it again

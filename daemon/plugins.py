@@ -18,6 +18,7 @@ DEFAULT_PLUGINS = (
     "pacsguard.plugins.folder",
     "pacsguard.plugins.dicom",
     "pacsguard.plugins.setattrs",
+    "pacsguard.plugins.encryption",
 )
 
 ENTRY_POINT_GROUP = "pacsguard"

@@ -5,6 +5,8 @@ Layout under the spool folder::
     spool.db                      jobs, deliveries, quarantine
     incoming/<type>.<source>/     received objects (one file per job)
     out/<job id>.<route>.dcm      a route's processed output (only when stages changed it)
+    out/<job id>.<route>.pgenc    ... sealed whole by a stage (not DICOM), with its clear
+                                  header beside it in <job id>.<route>.pgenc.hdr
     quarantine/<id>.dcm|.json     quarantined objects (hard links) and their records
 
 Durability rule: the files are the truth, the database is their index. An object is
@@ -35,7 +37,7 @@ from typing import Callable, Iterable
 import structlog
 
 from .fileio import fsync_dir, fsync_file
-from .item import TransportFacts
+from .item import SEALED_SUFFIX, TransportFacts, header_path
 
 SCHEMA_VERSION = 1
 
@@ -356,10 +358,10 @@ class Spool:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def out_path(self, job_id: int, route: str) -> Path:
+    def out_path(self, job_id: int, route: str, suffix: str = ".dcm") -> Path:
         # One flat folder: writing a processed object adds one entry to a folder that
         # exists, so making it durable costs one folder fsync, not two plus a mkdir.
-        return self.out / f"{job_id}.{_safe(route)}.dcm"
+        return self.out / f"{job_id}.{_safe(route)}{suffix}"
 
     def route_job(self, job_id: int, deliveries: Iterable[tuple[str, str, Path]],
                   uid_hash: str | None, extra_bytes: int = 0) -> None:
@@ -531,6 +533,8 @@ class Spool:
             f"SELECT DISTINCT path FROM deliveries WHERE job_id IN ({marks}) AND path LIKE 'out/%'", ids)]
         for rel in [r["path"] for r in rows] + outputs:
             (self.root / rel).unlink(missing_ok=True)
+            if rel.endswith(SEALED_SUFFIX):
+                header_path(self.root / rel).unlink(missing_ok=True)
         for job_id in ids:  # the earlier layout: out/<job>/<route>.dcm
             if (self.out / str(job_id)).is_dir():
                 shutil.rmtree(self.out / str(job_id), ignore_errors=True)

@@ -53,7 +53,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pacsguard.daemon.errors import DeliveryError
 from pacsguard.daemon.extension import Destination, Options
-from pacsguard.daemon.item import uid_hash
+from pacsguard.daemon.item import SEALED_SUFFIX, uid_hash
 from pacsguard.daemon.units import AbsPath, Duration
 
 from . import tls as tlsmod
@@ -491,6 +491,9 @@ class DicomDestination(Destination):
     # -- the Destination contract -----------------------------------------------------------
 
     def send(self, path: Path, header) -> None:
+        if Path(path).suffix == SEALED_SUFFIX:
+            raise DeliveryError("the object is sealed whole (.pgenc, not DICOM): route it to a folder "
+                                "destination", permanent=True)
         sop_class, sop_instance, own = _identify(header)
         link = self._link()
         with link.lock:

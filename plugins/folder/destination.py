@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 from pacsguard.daemon.errors import DeliveryError
 from pacsguard.daemon.extension import Destination, Options
 from pacsguard.daemon.fileio import fsync_dir, fsync_file
+from pacsguard.daemon.item import SEALED_SUFFIX
 from pacsguard.daemon.units import AbsPath
 
 from .template import DEFAULT_TEMPLATE, render, template_fields
@@ -47,7 +48,11 @@ TMP_DIR = ".pacsguard-tmp"
 
 
 class FolderDestination(Destination):
-    """Write each object to a folder, at a path built from its attributes."""
+    """Write each object to a folder, at a path built from its attributes.
+
+    An object sealed whole (``encrypt`` with ``scope: file``) is written with the suffix
+    ``.pgenc`` instead of ``.dcm`` (appended when the template ends otherwise); its path
+    comes from the clear header pacsguard kept when it sealed it."""
 
     name = "folder"
     Options = FolderDestinationOptions
@@ -71,6 +76,9 @@ class FolderDestination(Destination):
         except ValueError as exc:
             raise DeliveryError(f"cannot build the destination path: {exc}", permanent=True) from None
         target = root.joinpath(*rel.parts)
+        if Path(path).suffix == SEALED_SUFFIX:  # sealed whole: not DICOM, say so in the name
+            target = target.with_suffix(SEALED_SUFFIX) if target.suffix == ".dcm" else \
+                target.with_name(target.name + SEALED_SUFFIX)
         try:
             root.mkdir(parents=True, exist_ok=True)
             real_root = root.resolve()

@@ -136,7 +136,7 @@ routes:
     pipeline:
       - set-attributes:
           set: {PatientID: "%s"}
-      - encrypt: {}
+      - watermark: {}
     to: [out, nowhere]
   - name: first
     match:
@@ -155,7 +155,7 @@ def test_every_error_reported_with_place_and_line(registry):
         "destinations.out.template": 7,
         "destinations.weird": 9,
         "routes[0].pipeline[0].set-attributes.set": 16,
-        "routes[0].pipeline[1].encrypt": 17,
+        "routes[0].pipeline[1].watermark": 17,
         "routes[0].to[1]": 18,
         "routes[1].name": 19,
         "routes[1].match.Modality": 21,
@@ -168,7 +168,7 @@ def test_every_error_reported_with_place_and_line(registry):
     assert msg["destinations.weird"].startswith("unknown destination type 'ftp' (known: dicom, folder")
     assert msg["routes[0].pipeline[0].set-attributes.set"].startswith("PatientID:")
     assert "64" in msg["routes[0].pipeline[0].set-attributes.set"]  # LO holds at most 64 characters
-    assert msg["routes[0].pipeline[1].encrypt"].startswith("unknown stage 'encrypt' (known: set-attributes")
+    assert msg["routes[0].pipeline[1].watermark"].startswith("unknown stage 'watermark' (known: ")
     assert msg["routes[0].to[1]"].startswith("undefined destination 'nowhere' (defined: out, weird)")
     assert msg["routes[1].name"] == "route name 'first' is used twice"
     assert msg["routes[1].match.Modality"].startswith("empty operator mapping")
@@ -343,7 +343,7 @@ def test_embedded_default_validates_against_json_schema(registry):
     validator = jsonschema.Draft202012Validator(json_schema(registry))
     default = yaml.safe_load(embedded_default_text())
     assert list(validator.iter_errors(default)) == []
-    default["routes"][0]["pipeline"].append({"encrypt": {}})
+    default["routes"][0]["pipeline"].append({"watermark": {}})
     assert list(validator.iter_errors(default)), "an unknown stage must fail the schema"
 
 
