@@ -171,7 +171,11 @@ def _parse_reason(path: Path, exc: Exception) -> str:
         return "truncated DICOM file (ends inside an element)"
     if isinstance(exc, RecursionError):
         return "unreadable DICOM file: sequences nested too deeply"
-    return f"unreadable DICOM file: {fault_phrase(exc)}"
+    try:
+        found = _diagnose(path)  # the element it broke on
+    except Exception:
+        found = None
+    return found or f"unreadable DICOM file: {fault_phrase(exc)}"
 
 
 def _empty_reason(path: Path, ds: Dataset) -> str:
@@ -179,10 +183,20 @@ def _empty_reason(path: Path, ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     if os.path.getsize(path) <= 132 + (len(meta) * 8 if meta else 0):
         return "the file has File Meta Information but no data set"
-    ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    if ts is None or ts == DEFLATED:
-        return "the data set after the File Meta Information cannot be read"
+    return _diagnose(path) or "the data set after the File Meta Information cannot be read"
+
+
+def _diagnose(path: Path) -> str | None:
+    """Walk the top-level elements of a Part-10 file the way pydicom reads them (sequences
+    parsed) and describe the one it breaks on; None when none does or it cannot tell."""
     from pydicom.filereader import data_element_generator, read_preamble, _read_file_meta_info
+
+    with open(path, "rb") as fh:
+        read_preamble(fh, force=True)
+        meta = _read_file_meta_info(fh)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is None or ts == DEFLATED or not ts.is_transfer_syntax:
+        return None
 
     last = at = None
     try:
@@ -213,7 +227,7 @@ def _empty_reason(path: Path, ds: Dataset) -> str:
     except Exception as exc:
         where = f" at element {describe_tag(at)}" if at is not None else ""
         return f"unreadable DICOM file{where}: {fault_phrase(exc)}"
-    return "the data set after the File Meta Information cannot be read"
+    return None
 
 
 def describe_tag(tag) -> str:
@@ -236,6 +250,8 @@ def fault_phrase(exc: BaseException) -> str:
         return "its sequences are nested too deeply"
     if isinstance(exc, EOFError):
         return "the file ends inside it"
+    if isinstance(exc, OSError) and "No tag to read" in text:
+        return "one of its sequences ends early (no element where an item should be)"
     if isinstance(exc, LookupError) and "encoding" in text.lower():
         return "its character set is unknown"
     if type(exc).__name__ == "BytesLengthException":

@@ -273,3 +273,13 @@ def test_element_problem_names_the_element_inside_a_sequence(tmp_path):
     assert element_problem(read_header(path)) == (
         "element (0008,103E) SeriesDescription (at nesting depth 2, inside (0008,1110) ReferencedStudySequence):"
         " its value representation (VR) is not a valid DICOM VR")
+
+
+def test_a_file_cut_inside_a_sequence_names_the_sequence(tmp_path):
+    """pydicom raises OSError "No tag to read at file position ..." for this one."""
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(Path(get_testdata_file("JPEG2000.dcm")).read_bytes()[:1149])
+    with pytest.raises(QuarantineError) as exc:
+        read_header(cut)
+    assert exc.value.reason == ("unreadable DICOM file at element (0008,9215) DerivationCodeSequence: one of its"
+                                " sequences ends early (no element where an item should be)")
