@@ -51,7 +51,8 @@ from pydantic import Field, field_validator, model_validator
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pacsguard.daemon.errors import DeliveryError
+from pacsguard.daemon.codestream import check_pixel_geometry
+from pacsguard.daemon.errors import DeliveryError, QuarantineError
 from pacsguard.daemon.extension import Destination, Options
 from pacsguard.daemon.item import SEALED_SUFFIX, uid_hash
 from pacsguard.daemon.units import AbsPath, Duration
@@ -227,6 +228,11 @@ def _reencoded(path: Path, target: UID):
     meta = getattr(ds, "file_meta", None)
     own = meta.get("TransferSyntaxUID") if meta is not None else None
     if own is not None and own.is_compressed and not target.is_compressed:
+        try:
+            check_pixel_geometry(ds)  # before a decoder trusts what the codestream declares
+        except QuarantineError as exc:
+            raise DeliveryError(f"the peer accepts this SOP class only uncompressed, and {exc.reason}",
+                                permanent=True) from None
         try:
             ds.decompress(generate_instance_uid=False)  # the same object, in another encoding
         except Exception as exc:

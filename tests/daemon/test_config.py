@@ -375,3 +375,34 @@ def test_find_config_none_without_system_file(monkeypatch):
     monkeypatch.delenv("PACSGUARD_CONFIG", raising=False)
     etc = Path("/etc/pacsguard/pacsguard.yaml")
     assert config_mod.DEFAULT_SYSTEM_PATH == etc and find_config() == (etc if etc.exists() else None)
+
+
+def test_the_old_name_of_worker_process_still_works_with_a_deprecation(registry):
+    loaded = config_mod.load_config_text("processing: {delivery_process: false}\n", registry)
+    assert loaded.config.processing.worker_process is False
+    assert loaded.warnings == ["processing.delivery_process is deprecated: it is now processing.worker_process"
+                               " (it runs processing and delivery); the old name still works"]
+    new = config_mod.load_config_text("processing: {worker_process: false}\n", registry)
+    assert new.config.processing.worker_process is False and new.warnings == []
+
+
+def test_check_config_prints_the_deprecation(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "old.yaml"
+    path.write_text("processing: {delivery_process: true}\n")
+    out = subprocess.run([sys.executable, "-m", "pacsguard.daemon.cli", "check-config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "warning: processing.delivery_process is deprecated" in out.stderr
+
+
+def test_the_worker_process_module_does_not_import_the_service():
+    """(The import circle between service.py and the worker's module is gone.)"""
+    import subprocess
+    import sys
+
+    code = ("import sys, pacsguard.daemon.worker_process, pacsguard.daemon.runtime;"
+            " sys.exit('pacsguard.daemon.service' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

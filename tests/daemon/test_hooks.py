@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import logging
 import re
 import shutil
@@ -430,3 +431,41 @@ shutdown_timeout: 5s
     assert not thread.is_alive()
     assert result == {"rc": 0}
 
+
+
+def test_hook_pacsguard_object_received_for_objects_adopted_at_start(tmp_path, restore_logging):
+    """An object made durable but not recorded before a stop (kill -9 between the answer
+    and the row, or a file moved in from a watched folder) is adopted at the next start:
+    it is announced like any received object (log line and hook), then processed."""
+    spool_root, out = tmp_path / "spool", tmp_path / "out"
+    orphan = spool_root / "incoming" / "folder.inbound" / "0123456789abcdef.dcm"
+    orphan.parent.mkdir(parents=True)
+    shutil.copyfile(CT_SMALL, orphan)
+    Spool(spool_root).close()  # the database exists; the file has no row
+    config = tmp_path / "pacsguard.yaml"
+    config.write_text(f"""
+spool: {{path: {spool_root}}}
+destinations: {{out: {{type: folder, path: {out}}}}}
+routes: [{{name: all, to: [out]}}]
+metrics: {{enabled: false}}
+logging: {{level: info, format: json}}
+shutdown_timeout: 5s
+""")
+    observer = Observer()
+    log = io.StringIO()
+    service = Service(config, pm=get_plugin_manager(extra=(observer,)), log_stream=log)
+    thread = threading.Thread(target=service.run, name="service", daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: observer.seen("pacsguard_object_delivered"), 20, thread.is_alive)
+        (received,) = observer.seen("pacsguard_object_received")
+        assert received == {"job_id": 1, "source": "inbound", "size": CT_SMALL.stat().st_size}
+        lines = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
+        (announced,) = [line for line in lines if line["event"] == "object received"]
+        assert announced["adopted_at_start"] is True
+        (started,) = [line for line in lines if line["event"] == "pacsguard started"]
+        assert started["orphans_adopted"] == 1 and started["requeued"] == 1
+    finally:
+        service.request(signal.SIGTERM)
+        thread.join(15)
+    assert not thread.is_alive()

@@ -405,6 +405,30 @@ def test_compressed_objects_are_decompressed_for_an_uncompressed_only_peer(scps,
             p.unlink()  # the MR_small variants share one SOP Instance UID
 
 
+def test_a_codestream_that_lies_about_its_size_is_refused_before_decompressing(scps, dests, tmp_path):
+    """A peer that accepts only uncompressed data makes the destination decode; a JPEG 2000
+    header claiming 60000x60000 pixels is refused at once, the object alone, with the reason."""
+    import struct
+    import time
+
+    scp = scps(args=("+x=",))
+    dest = dests(scp.port)
+    data = bytearray(Path(get_testdata_file("J2K_pixelrep_mismatch.dcm")).read_bytes())
+    at = data.find(b"\xff\x4f\xff\x51")
+    struct.pack_into(">II", data, at + 8, 60000, 60000)
+    liar = tmp_path / "liar.dcm"
+    liar.write_bytes(bytes(data))
+    t0 = time.process_time()
+    with pytest.raises(DeliveryError) as exc:
+        send(dest, liar)
+    assert time.process_time() - t0 < 2.0
+    assert exc.value.permanent
+    assert "declares 60000x60000 pixels with 1 component(s), but the data set says Columns 512, Rows 512" in \
+        exc.value.reason
+    send(dest, CT)  # the destination goes on
+    assert received(scp, pydicom.dcmread(CT).SOPInstanceUID)
+
+
 def test_compressed_objects_go_as_they_are_when_accepted(scps, dests):
     scp = scps(args=("+xa",))
     dest = dests(scp.port)
