@@ -25,7 +25,7 @@ from .notify import Notifier
 from .parsing import ParseLimits
 from .pipeline import Processor, bug_summary
 from .runtime import Runtime, build_destinations, build_runtime  # noqa: F401 (re-exported)
-from .plugins import Registry, collect, get_plugin_manager
+from .plugins import collect, get_plugin_manager
 from .spool import Spool, SpoolFull
 
 log = structlog.get_logger("pacsguard.service")

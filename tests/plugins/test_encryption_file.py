@@ -13,6 +13,7 @@ import shutil
 import struct
 import tracemalloc
 import uuid
+from types import MappingProxyType
 from pathlib import Path
 
 import pydicom
@@ -106,16 +107,6 @@ def test_big_objects_stream_in_bounded_memory(tmp_path):
 # --- through the pipeline, the spool and the folder destination -------------------------
 
 
-class KeyedProcessor(Processor):
-    """The processor with the key store's keys in every item (as the service will pass
-    them once the key store is loaded)."""
-
-    keys: dict = {}
-
-    def _new_item(self, job):
-        return Item(job.id, job.path, job.facts, keys=self.keys, decode_pixels=self.hook.pacsguard_decode_pixels)
-
-
 def test_sealed_objects_reach_a_folder_destination_as_pgenc(tmp_path):
     from tests.daemon.test_delivery import folder_destination
 
@@ -126,8 +117,8 @@ def test_sealed_objects_reach_a_folder_destination_as_pgenc(tmp_path):
         shutil.copyfile(image("MR_small.dcm"), src)
         job = spool.ingest_file(src, FACTS)
         route = Route("vault", [], stages=[seal_stage("archive")], to=["out"])
-        proc = KeyedProcessor(spool, pm.hook, lambda: Runtime([route]), workers=1)
-        proc.keys = {"archive": public_only(make_key("pq-hybrid"))}
+        keys = MappingProxyType({"archive": public_only(make_key("pq-hybrid"))})  # the key store's, per generation
+        proc = Processor(spool, pm.hook, lambda: Runtime([route], keys=keys), workers=1)
         proc.process([job])
 
         d = spool.next_delivery("out")

@@ -270,7 +270,6 @@ def test_source_file_vanishing_leaves_no_temp_file(tmp_path):
 def test_temporary_files_left_by_a_kill_are_removed_at_start(tmp_path, source):
     """A kill -9 during a write leaves ROOT/.pacsguard-tmp/*.tmp: the destination removes
     them when it starts sending again; objects are written as before."""
-    from pacsguard.daemon.config import RetryConfig  # noqa: F401 (the spec type below)
     from pacsguard.daemon.delivery import DestinationWorker
     from pacsguard.daemon.spool import Spool
 
