@@ -345,10 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verbose", "-v", action="store_true", help="log associations")
     s.set_defaults(func=cmd_send)
     from .cli_keys import add_parser as add_keys_parser
+    from .cli_process import add_command as add_process_command
     from .cli_protect import add_commands  # decrypt, inspect
 
     add_keys_parser(sub, with_config)
     add_commands(sub, with_config)
+    add_process_command(sub, with_config)
     return p
 
 

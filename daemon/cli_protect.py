@@ -2,7 +2,7 @@
 
 ``inspect`` needs no key. ``decrypt`` takes private keys as PEM files (``--key-file``,
 ``--cert`` for the certificate CMS needs); ``--key NAME`` takes them from the config's
-key store once the configuration loads one.
+key store (``keys:``).
 """
 
 from __future__ import annotations
