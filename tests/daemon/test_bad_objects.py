@@ -66,6 +66,17 @@ def big_codestream() -> bytes:
     return bytes(data)
 
 
+def run_workers(proc: Processor, spool, jobs: list[int]) -> None:
+    """Submit ``jobs`` to the processor's real worker threads; stop once none is left 'received'."""
+    proc.start()
+    for j in jobs:
+        proc.submit(j)
+    deadline = time.monotonic() + 20
+    while spool.received_jobs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.stop(5)
+
+
 def quarantine_reasons(spool) -> dict[int, tuple[str, str]]:
     return {e["job_id"]: (e["reason"], e["place"]) for e in spool.quarantine_entries()}
 
@@ -116,13 +127,7 @@ def test_the_worker_loop_never_stalls_on_a_batch(spool, pm, rec, tmp_path):
     runtime = runtime_from("routes:\n  - {name: all, to: [a]}\n", pm, tmp_path)
     jobs = [ingest(spool, tmp_path, data=flipped_vr() if i % 3 == 1 else None) for i in range(9)]
     proc = Processor(spool, pm.hook, lambda: runtime, workers=1, batch_size=8)
-    proc.start()
-    for j in jobs:
-        proc.submit(j)
-    deadline = time.monotonic() + 20
-    while spool.received_jobs() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.stop(5)
+    run_workers(proc, spool, jobs)
     assert spool.received_jobs() == []
     assert sorted(quarantine_reasons(spool)) == jobs[1::3]
     assert len(deliveries(spool, "a")) == 6
@@ -142,13 +147,7 @@ def test_a_batch_level_failure_falls_back_to_one_by_one(spool, pm, rec, tmp_path
         return real(works)
 
     monkeypatch.setattr(proc, "_finish", finish)
-    proc.start()
-    for j in jobs:
-        proc.submit(j)
-    deadline = time.monotonic() + 20
-    while spool.received_jobs() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.stop(5)
+    run_workers(proc, spool, jobs)
     assert sorted(d.job_id for d in deliveries(spool, "a")) == [jobs[0], jobs[1], jobs[3]]
     reason, place = quarantine_reasons(spool)[jobs[2]]
     assert reason.startswith("cannot process the object failed unexpectedly (RuntimeError at ")
