@@ -76,16 +76,18 @@ def read_dataset(path: Path, limits: ParseLimits = DEFAULT_LIMITS) -> Dataset:
 
 def _read(path: Path, limits: ParseLimits, defer_size) -> Dataset:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(1024)
-        if _DEFLATED_BYTES in head:
-            _check_inflated_size(path, limits.max_inflated)
-        try:
-            ds = pydicom.dcmread(path, defer_size=defer_size)
-        except pydicom.errors.InvalidDicomError:
-            if not _looks_like_raw_dataset(head):
-                raise
-            ds = pydicom.dcmread(path, defer_size=defer_size, force=True)
+        with open(path, "rb") as fh:  # one open: pydicom reads from it (and re-opens the
+            head = fh.read(1024)      # file by name for deferred values)
+            if _DEFLATED_BYTES in head:
+                _check_inflated_size(path, limits.max_inflated)
+            fh.seek(0)
+            try:
+                ds = pydicom.dcmread(fh, defer_size=defer_size)
+            except pydicom.errors.InvalidDicomError:
+                if not _looks_like_raw_dataset(head):
+                    raise
+                fh.seek(0)
+                ds = pydicom.dcmread(fh, defer_size=defer_size, force=True)
     except QuarantineError:
         raise
     except Exception as exc:  # pydicom raises many types; translate to a clean reason
