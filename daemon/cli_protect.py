@@ -21,7 +21,8 @@ def add_commands(sub, with_config) -> None:
                    help="output file (one input) or folder (default: beside each input)")
     s.add_argument("--key", action="append", default=[], metavar="NAME", help="a key of the config's key store")
     s.add_argument("--key-file", action="append", default=[], metavar="PEM",
-                   help="a private key (PKCS#8 PEM); a pq-hybrid key is its ML-KEM-768 file then its X25519 file")
+                   help="a private key (PKCS#8 PEM); a pq-hybrid key: one file with the ML-KEM-768 block then the "
+                        "X25519 block (as keys generate writes it), or those two as separate files")
     s.add_argument("--cert", action="append", default=[], metavar="PEM", help="the certificate of an RSA key (CMS)")
     s.set_defaults(func=cmd_decrypt)
     s = sub.add_parser("inspect", help="say what protection files carry (scopes, key IDs); no key needed")

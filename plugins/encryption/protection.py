@@ -108,16 +108,21 @@ def _try(step, ds, keys, scope: str, done: list, skipped: list) -> bool:
 def keys_from_files(key_files: list[Path], cert_files: list[Path] = ()) -> list[Key]:
     """Private keys from PKCS#8 PEM files: RSA (paired with the certificate among
     ``cert_files`` whose public key matches), X25519, and an ML-KEM-768 key followed by
-    an X25519 key, which together are a pq-hybrid key."""
+    an X25519 key, which together are a pq-hybrid key: in two files, or as the two PEM
+    blocks of one file (what ``pacsguard keys generate`` writes and the key store reads)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hpke, serialization
     from cryptography.hazmat.primitives.asymmetric import mlkem, rsa, x25519
 
+    from pacsguard.daemon.keystore import _pem_blocks
+
     certs = [x509.load_pem_x509_certificate(Path(c).read_bytes()) for c in cert_files]
     loaded = []
     for f in key_files:
+        data = Path(f).read_bytes()
+        blocks = [b for label, b in _pem_blocks(data) if label.endswith("PRIVATE KEY")] or [data]
         try:
-            loaded.append((Path(f), serialization.load_pem_private_key(Path(f).read_bytes(), password=None)))
+            loaded.extend((Path(f), serialization.load_pem_private_key(b, password=None)) for b in blocks)
         except (ValueError, TypeError):
             raise ValueError(f"{f}: not an unencrypted PKCS#8 PEM private key") from None
     out = []

@@ -138,3 +138,15 @@ def test_inspect_tells_the_protection_without_a_key(protected, capsys):
     assert main(["inspect", "--json", str(protected["layered"])]) == 0
     (report,) = json.loads(capsys.readouterr().out)
     assert [p["scope"] for p in report["protections"]] == ["file"]  # the inner layers are sealed
+
+
+def test_a_generated_pq_hybrid_key_file_decrypts_with_key_file(protected, tmp_path, capsys):
+    """``pacsguard keys generate --type pq-hybrid`` writes one file with both PEM blocks
+    (the key store's form); ``--key-file`` takes that file as it is (the tests above give
+    the two parts as separate files)."""
+    parts = [f for f in pem_files(make_key("pq-hybrid"), tmp_path / "keys") if not f.name.endswith(".cert.pem")]
+    both = tmp_path / "keys" / "partner.key"
+    both.write_bytes(b"".join(f.read_bytes() for f in parts))  # ML-KEM-768 block, then X25519 block
+    assert main(["decrypt", str(protected["file"]), "-o", str(tmp_path / "file.dcm"), "--key-file", str(both)]) == 0
+    assert (tmp_path / "file.dcm").read_bytes() == image("MR_small.dcm").read_bytes()
+    assert "(file)" in capsys.readouterr().out

@@ -106,6 +106,20 @@ def all_files(root: Path) -> list[Path]:
     return sorted(out)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (not yet reaped by anyone) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 # --- dropping files into a watched folder -----------------------------------------------
 
 

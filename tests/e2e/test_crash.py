@@ -16,23 +16,10 @@ import collections
 import os
 import time
 
-from e2e_util import folder_config, make_image, sha256, sop_uid, visible_files
+from e2e_util import folder_config, make_image, pid_alive, sha256, sop_uid, visible_files
 from peers import wait_for
 
 N = 500
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (not yet reaped by anyone) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_kill9_mid_burst_loses_nothing(tmp_path, service, journal_plugin):
@@ -71,7 +58,7 @@ def test_kill9_mid_burst_loses_nothing(tmp_path, service, journal_plugin):
 
     # the orphaned delivery child (if the service uses one) must go away by itself
     if first_child:
-        wait_for(lambda: not _pid_alive(first_child), 15, "the orphaned delivery process to exit")
+        wait_for(lambda: not pid_alive(first_child), 15, "the orphaned delivery process to exit")
 
     svc.start()
     restart = [x for x in svc.log_lines() if x.get("event") == "pacsguard started"][-1]
