@@ -6,14 +6,14 @@ its own work folder, and delivers to the same :class:`~.sink.Sink`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import yaml
 
-from .common import log, peers
+from .common import peers
+from .keys import NAMES, config_section
 from .sink import SINK_AET
 
 ORTHANC_LUA = """\
@@ -24,38 +24,35 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
 end
 """
 
-#: The stages of the "full protection" route, in order, by name. Each gets the first of its
-#: candidate option sets that its Options model accepts (placeholders {name} are key files
-#: made by keys.py). ``--pipeline FILE`` (a YAML list of {stage: options}) overrides this.
-PROTECTION_ORDER = ("deidentify", "embed", "encrypt")
+#: The "with a stage" route: a header-only change (the pixel data is copied raw), the
+#: cheapest stage; the column of that name in README.md's run history.
+STAGE_PIPELINE = [{"set-attributes": {"set": {"InstitutionName": "Benchmark Hospital", "ImageComments": "via pacsguard"},
+                                      "set_if_missing": {"BodyPartExamined": "UNKNOWN"},
+                                      "remove": ["OtherPatientIDs"]}}]
+#: The "with encryption" route: the pixel data encrypted for one recipient ({recipient}: a
+#: key of the run's key store, see keys.py). ``--pipeline FILE`` replaces it.
+ENCRYPT_PIPELINE = [{"encrypt": {"scope": "pixels", "recipients": ["{recipient}"]}}]
 
-#: Option sets to try, per stage name, first match wins. Kept broad on purpose: the stages
-#: are being written while this harness is; add the real options here once they settle.
+#: Option sets to try, per stage name, first match wins (the stage micro-benchmarks). Kept
+#: broad for the stages still being written; placeholders are keys.py's.
 STAGE_OPTION_CANDIDATES: dict[str, list[dict]] = {
-    "set-attributes": [{"set": {"InstitutionName": "Benchmark Hospital", "ImageComments": "via pacsguard"},
-                        "set_if_missing": {"BodyPartExamined": "UNKNOWN"}, "remove": ["OtherPatientIDs"]}],
-    "deidentify": [{}, {"key": "{secret}"}, {"key_file": "{secret}"}, {"secret": "{secret}"},
-                   {"pseudonym_key": "{secret}"}, {"profile": "basic"}, {"key": "{secret}", "profile": "basic"}],
-    "embed": [{}, {"key": "{secret}"}, {"key_file": "{secret}"}, {"recipient": "{rsa_public}"},
-              {"recipients": ["{rsa_public}"]}, {"method": "reversible"},
-              {"method": "reversible", "key": "{secret}"}, {"public_key": "{rsa_public}"},
-              {"method": "reversible", "recipients": ["{rsa_public}"]},
-              {"method": "reversible", "recipient": "{rsa_public}"}],
-    "reveal": [{}, {"key": "{secret}"}, {"key_file": "{secret}"}, {"private_key": "{rsa_private}"},
-               {"method": "reversible"}, {"method": "reversible", "key": "{secret}"},
-               {"method": "reversible", "private_key": "{rsa_private}"}],
-    "encrypt": [{"recipients": ["{rsa_public}"]}, {"recipient": "{rsa_public}"}, {"public_key": "{rsa_public}"},
-                {"recipients": ["{rsa_public}"], "target": "pixels"}, {"target": "pixels", "recipient": "{rsa_public}"},
-                {"recipients": [{"public_key": "{rsa_public}"}]}, {"key": "{secret}"}, {}],
-    "decrypt": [{"private_key": "{rsa_private}"}, {"key": "{rsa_private}"}, {"identity": "{rsa_private}"},
-                {"private_keys": ["{rsa_private}"]}, {}],
-    "scramble": [{}, {"key": "{secret}"}, {"key_file": "{secret}"}, {"block_size": 16, "key": "{secret}"}],
-    "unscramble": [{}, {"key": "{secret}"}, {"key_file": "{secret}"}, {"block_size": 16, "key": "{secret}"}],
+    "set-attributes": [STAGE_PIPELINE[0]["set-attributes"]],
+    "deidentify": [{}, {"key": "{secret}"}, {"secret": "{secret}"}, {"pseudonym_key": "{secret}"},
+                   {"profile": "basic"}, {"key": "{secret}", "profile": "basic"}],
+    "embed": [{}, {"key": "{secret}"}, {"recipient": "{recipient}"}, {"recipients": ["{recipient}"]},
+              {"method": "reversible"}, {"method": "reversible", "key": "{secret}"},
+              {"method": "reversible", "recipients": ["{recipient}"]}],
+    "reveal": [{}, {"key": "{secret}"}, {"key": "{recipient}"}, {"method": "reversible"},
+               {"method": "reversible", "key": "{secret}"}, {"method": "reversible", "key": "{recipient}"}],
+    "encrypt": [ENCRYPT_PIPELINE[0]["encrypt"]],
+    "decrypt": [{"scope": "pixels", "key": "{recipient}"}],
+    "scramble": [{}, {"key": "{secret}"}, {"block_size": 16, "key": "{secret}"}],
+    "unscramble": [{}, {"key": "{secret}"}, {"block_size": 16, "key": "{secret}"}],
 }
 
 
 def fill(value, keys: dict):
-    """Replace "{name}" placeholders with key file paths, recursively."""
+    """Replace "{name}" placeholders with key names or key file paths (keys.py), recursively."""
     if isinstance(value, str):
         for k, v in keys.items():
             value = value.replace("{" + k + "}", str(v))
@@ -114,6 +111,11 @@ class Contender:
     def log_summary(self) -> dict | None:
         """Warnings and errors the service logged during the run: {level: count, "events": {...}}."""
         return None
+
+    def quarantined(self) -> int:
+        """Objects the service quarantined in this run (handled, not delivered: a stage that
+        cannot protect an object refuses it, e.g. encrypting pixels of an object without any)."""
+        return 0
 
 
 class DcmtkLimit(Contender):
@@ -184,10 +186,11 @@ class OrthancRouter(Contender):
 class PacsguardBase(Contender):
     pipeline_name = "pass"
 
-    def __init__(self, pipeline: list | None = None, stages_note: str = ""):
+    def __init__(self, pipeline: list | None = None, stages_note: str = "", keys: dict | None = None):
         super().__init__()
         self.pipeline = pipeline or []
         self.stages_note = stages_note
+        self.keys = keys or {}
         self.svc = None
 
     def config(self, workdir: Path, sink) -> dict:
@@ -201,10 +204,13 @@ class PacsguardBase(Contender):
         }
         if self.pipeline:
             cfg["routes"][0]["pipeline"] = self.pipeline
+            if self.keys:
+                cfg["keys"] = self.keys
         return cfg
 
     def start(self, workdir, sink):
         workdir.mkdir(parents=True, exist_ok=True)
+        self.spool = workdir / "spool"
         text = yaml.safe_dump(self.config(workdir, sink), sort_keys=False)
         self.svc = peers.Pacsguard(workdir, text)
         check = subprocess.run(peers.PACSGUARD + ["check-config", str(self.svc.config_path)],
@@ -224,6 +230,10 @@ class PacsguardBase(Contender):
     @property
     def service_pid(self):
         return self.svc.proc.pid if self.svc and self.svc.proc else None
+
+    def quarantined(self):
+        spool = getattr(self, "spool", None)
+        return sum(1 for _ in (spool / "quarantine").glob("*.json")) if spool and (spool / "quarantine").is_dir() else 0
 
     def died(self):
         p = self.svc.proc if self.svc else None
@@ -254,8 +264,8 @@ class PacsguardBase(Contender):
 
 
 class PacsguardDicom(PacsguardBase):
-    def __init__(self, key, label, pipeline=None, stages_note=""):
-        super().__init__(pipeline, stages_note)
+    def __init__(self, key, label, pipeline=None, stages_note="", keys=None):
+        super().__init__(pipeline, stages_note, keys)
         self.key, self.label = key, label
         self.pipeline_name = "pass" if not pipeline else "protect"
 
@@ -278,54 +288,16 @@ class PacsguardFolder(PacsguardBase):
         return {"watch": [{"name": "drop", "path": str(self.inbound)}], **cfg}
 
 
-# --- discovery -------------------------------------------------------------------------------
+# --- the routes -----------------------------------------------------------------------------
 
-def registry():
-    from pacsguard.daemon.plugins import collect, get_plugin_manager
-
-    return collect(get_plugin_manager())
-
-
-def plugins_json() -> list[dict]:
-    out = subprocess.run(peers.PACSGUARD + ["plugins", "--json"], capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip()[-500:])
-    return json.loads(out.stdout)
-
-
-def protection_pipeline(keys: dict, override: Path | None = None) -> tuple[list, str, list[str]]:
-    """The full-protection pipeline: (pipeline, note for the table, stage names used)."""
+def encrypt_pipeline(keys: dict, override: Path | None = None) -> tuple[list, str]:
+    """The encryption route's pipeline and its note for the table."""
     if override is not None:
         pipeline = fill(yaml.safe_load(Path(override).read_text()), keys)
         names = [next(iter(step)) if isinstance(step, dict) else str(step) for step in pipeline]
-        return pipeline, f"stages from {override.name}: {', '.join(names)}", names
-    try:
-        available = sorted({s for p in plugins_json() for s in p.get("stages", [])})
-    except Exception as exc:
-        log(f"pacsguard plugins --json failed: {exc}")
-        available = []
-    stages = registry().stages
-    pipeline, used, problems = [], [], []
-    for name in PROTECTION_ORDER:
-        if name not in available or name not in stages:
-            continue
-        opts, why = stage_options(stages[name].cls, keys)
-        if opts is None:
-            problems.append(f"{name}: {why}")
-            continue
-        pipeline.append({name: opts or None})
-        used.append(name)
-    missing = [n for n in PROTECTION_ORDER if n not in used]
-    if not used:
-        opts, _ = stage_options(stages["set-attributes"].cls, keys)
-        pipeline = [{"set-attributes": opts}]
-        used = ["set-attributes"]
-        note = "stages present: set-attributes only (stand-in; " + ", ".join(PROTECTION_ORDER) + " not present)"
-    else:
-        note = "stages: " + " + ".join(used) + (f" ({', '.join(missing)} not present)" if missing else "")
-    if problems:
-        note += "; skipped: " + "; ".join(problems)
-    return pipeline, note, used
+        return pipeline, f"stages from {override.name}: {', '.join(names)}"
+    kind = next((k for k, name in NAMES.items() if name == keys.get("recipient")), "?")
+    return fill(ENCRYPT_PIPELINE, keys), f"encrypt: scope pixels, 1 recipient ({kind} key {keys.get('recipient')})"
 
 
 def make_contenders(selected: list[str], keys: dict, pipeline_override: Path | None,
@@ -339,9 +311,13 @@ def make_contenders(selected: list[str], keys: dict, pipeline_override: Path | N
         elif key == "pacsguard-pass":
             out.append(PacsguardDicom("pacsguard-pass", "pacsguard pass-through (no stages)",
                                       stages_note="route {match: {}} with no stages"))
-        elif key == "pacsguard-full":
-            pipeline, note, _ = protection_pipeline(keys, pipeline_override)
-            out.append(PacsguardDicom("pacsguard-full", "pacsguard full protection", pipeline, note))
+        elif key == "pacsguard-stage":
+            out.append(PacsguardDicom("pacsguard-stage", "pacsguard with a stage", STAGE_PIPELINE,
+                                      "set-attributes: 3 set, 1 removed (header only, pixel data copied raw)"))
+        elif key == "pacsguard-encrypt":
+            pipeline, note = encrypt_pipeline(keys, pipeline_override)
+            out.append(PacsguardDicom("pacsguard-encrypt", "pacsguard with encryption", pipeline, note,
+                                      keys=config_section(keys)))
         elif key == "pacsguard-folder":
             out.append(PacsguardFolder(stages_note="watched folder, no stages"))
         else:
@@ -349,7 +325,7 @@ def make_contenders(selected: list[str], keys: dict, pipeline_override: Path | N
     return out
 
 
-ALL = ("dcmtk-limit", "orthanc", "pacsguard-pass", "pacsguard-full", "pacsguard-folder")
+ALL = ("dcmtk-limit", "orthanc", "pacsguard-pass", "pacsguard-stage", "pacsguard-encrypt", "pacsguard-folder")
 
 
 def cleanup(path: Path) -> None:

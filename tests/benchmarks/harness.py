@@ -8,9 +8,12 @@ Run from the repository root::
 
 Contenders (each end to end: first byte sent -> last object stored at the sink):
 ``dcmtk-limit`` (storescu -> storescp directly), ``orthanc`` (Orthanc with a Lua
-auto-router, the peer), ``pacsguard-pass`` (route without stages), ``pacsguard-full``
-(deidentify + embed + encrypt, whichever exist), ``pacsguard-folder`` (watched folder ->
-DICOM destination). Load shapes: burst, steady rate (latency), large burst (memory).
+auto-router, the peer), ``pacsguard-pass`` (route without stages), ``pacsguard-stage``
+(set-attributes, a header-only change), ``pacsguard-encrypt`` (the pixel data encrypted
+for one recipient), ``pacsguard-folder`` (watched folder -> DICOM destination). Load
+shapes: burst, steady rate (latency), large burst (memory). Besides: the stages one by
+one, encryption per slice on one core, AES-GCM against ``openssl speed``, data-key
+wrapping per recipient type, and the cipher-image statistics of the encrypted pixels.
 Output: a table on stdout, JSON + PNG (+ the table as text) in tests/benchmarks/results/.
 """
 
@@ -29,13 +32,13 @@ from pathlib import Path
 
 from . import contenders as contenders_mod
 from . import corpus as corpus_mod
-from . import report, runner
+from . import crypto, report, runner
 from . import stages as stages_mod
 from .common import RESULTS_DIR, log, median, peers
-from .keys import make_keys
+from .keys import RECIPIENT_TYPES, key_store, make_keys
 
 GOAL_PASS_RATIO = 1.5
-GOAL_FULL_RATIO = 1.0
+GOAL_ENCRYPT_RATIO = 1.3
 GOAL_P99_S = 1.0
 GOAL_RSS_MB = 400.0
 
@@ -45,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="smoke-test sizes: --n 20 --repeat 1 --rate-n 20 --memory-n 150 --stage-n 5")
+                   help="smoke-test sizes: --n 20 --repeat 1 --rate-n 20 --memory-n 150 --stage-n 5 "
+                        "--crypto-samples 30")
     p.add_argument("--n", type=int, help="CT slices in the burst corpus (default 300)")
     p.add_argument("--size", type=int, default=512, help="CT slice rows = columns (default 512)")
     p.add_argument("--no-bundled", action="store_true", help="leave pydicom's bundled images out of the corpus")
@@ -58,14 +62,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the memory burst")
     p.add_argument("--no-stages", action="store_true", help="skip the per-stage micro-benchmarks")
     p.add_argument("--stage-n", type=int, help="CT slices per stage micro-benchmark (default 30)")
+    p.add_argument("--no-crypto", action="store_true",
+                   help="skip the encryption micro-benchmarks and the cipher-image statistics")
+    p.add_argument("--crypto-samples", type=int, help="encryptions timed per slice kind (default 300)")
+    p.add_argument("--recipient", choices=RECIPIENT_TYPES, default="x25519",
+                   help="key type of the encryption route's one recipient and of the per-slice timing "
+                        "(default x25519; the wrap cost of every type is measured anyway)")
     p.add_argument("--contenders", default=",".join(contenders_mod.ALL),
                    help=f"comma-separated subset of {', '.join(contenders_mod.ALL)}")
     p.add_argument("--shapes", default="burst,rate", help="load shapes to run besides memory: burst,rate")
     p.add_argument("--sink-pdu", type=int, default=131072,
                    help="max PDU the sink storescp announces (default 131072, dcmtk's maximum)")
     p.add_argument("--pipeline", type=Path,
-                   help="YAML list of {stage: options} for pacsguard-full (placeholders {rsa_public}, "
-                        "{rsa_private}, {rsa_cert}, {x25519_public}, {x25519_private}, {secret})")
+                   help="YAML list of {stage: options} for pacsguard-encrypt instead of its encrypt stage "
+                        "(key names: bench-rsa, bench-x25519, bench-pq, bench-secret, or the placeholder "
+                        "{recipient}; see keys.py)")
     p.add_argument("--orthanc-delete", action="store_true",
                    help="the Orthanc Lua router also calls Delete(instanceId) after sending (default: keeps them, "
                         "as in REFERENCE.md's 72.5 img/s; Delete roughly halves Orthanc's throughput)")
@@ -78,8 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="measure nothing: redo the medians, goals, table and chart of an earlier run's JSON")
     a = p.parse_args(argv)
-    quick = dict(n=20, repeat=1, rate_n=20, memory_n=150, stage_n=5, stall_timeout=15.0)
-    full = dict(n=300, repeat=3, rate_n=None, memory_n=5000, stage_n=30, stall_timeout=150.0)
+    quick = dict(n=20, repeat=1, rate_n=20, memory_n=150, stage_n=5, crypto_samples=30, stall_timeout=15.0)
+    full = dict(n=300, repeat=3, rate_n=None, memory_n=5000, stage_n=30, crypto_samples=300, stall_timeout=150.0)
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -190,17 +201,17 @@ def goals(results: dict, memory: dict | None) -> list[dict]:
     out = []
     orth = ips("orthanc")
     for key, target, name in (("pacsguard-pass", GOAL_PASS_RATIO, "pass-through"),
-                              ("pacsguard-full", GOAL_FULL_RATIO, "full protection")):
+                              ("pacsguard-encrypt", GOAL_ENCRYPT_RATIO, "route with encryption")):
         r = ratio(ips(key), orth)
         g = {"goal": f"{name} >= {target}x Orthanc (burst img/s)", "value": r, "target": target,
              "status": "n/a" if r is None else ("PASS" if r >= target else "MISS")}
-        if key == "pacsguard-full" and key in c:
+        if key == "pacsguard-encrypt" and key in c:
             g["note"] = c[key].get("note", "")
         if r is None:
             g["why"] = _why_missing(c, key, "burst") or _why_missing(c, "orthanc", "burst")
         out.append(g)
     vals, medians = {}, {}
-    for key in ("pacsguard-pass", "pacsguard-full", "pacsguard-folder"):
+    for key in ("pacsguard-pass", "pacsguard-stage", "pacsguard-encrypt", "pacsguard-folder"):
         rate_entry = c.get(key, {}).get("rate", {})
         p99 = rate_entry.get("worst", {}).get("ack_to_delivery_p99_s")
         if p99 is not None:
@@ -233,6 +244,24 @@ def goals(results: dict, memory: dict | None) -> list[dict]:
     elif peak is None:
         g["why"] = (memory or {}).get("error") or "memory burst not run"
     out.append(g)
+    out.extend(slice_goals(results.get("encryption")))
+    return out
+
+
+def slice_goals(enc: dict | None) -> list[dict]:
+    """Encrypt and decrypt per 512x512 16-bit CT slice, judged on the slowest slice kind."""
+    out = []
+    for op in ("encrypt", "decrypt"):
+        g = {"goal": f"{op} <= {crypto.GOAL_SLICE_MS:g} ms per 512x512 16-bit CT slice, file in -> file out "
+                     f"(p50, one core, the slower kind of slice)", "target": crypto.GOAL_SLICE_MS}
+        per = {label: s[op]["total_ms_p50"] for label, s in ((enc or {}).get("per_slice") or {}).items()}
+        if not per:
+            g.update(value=None, status="n/a", why=(enc or {}).get("error") or "encryption micro-benchmarks not run")
+        else:
+            worst = max(per.values())
+            g.update(value=worst, status="PASS" if worst <= crypto.GOAL_SLICE_MS else "MISS",
+                     note=", ".join(f"{label} {ms:.3f} ms" for label, ms in per.items()))
+        out.append(g)
     return out
 
 
@@ -303,6 +332,7 @@ def main(argv=None) -> int:
             "quick": args.quick, "n": args.n, "size": args.size, "repeat": args.repeat, "rate": args.rate,
             "rate_n": args.rate_n, "memory_n": None if args.no_memory else args.memory_n,
             "stage_n": args.stage_n, "contenders": args.contenders, "shapes": args.shapes,
+            "recipient": args.recipient, "crypto_samples": None if args.no_crypto else args.crypto_samples,
             "sink": {"program": "dcmtk storescp", "max_pdu": args.sink_pdu, "flags": "+xa -uf +B --promiscuous",
                      "env": "TCP_NODELAY=1"},
             "sender_burst": "dcmtk storescu -v (one association for the CT series, one for pydicom's bundled "
@@ -315,11 +345,13 @@ def main(argv=None) -> int:
                                "every 50 ms (memory burst: 200 ms)",
         },
         "contenders": {},
-        "goals_targets": {"pass_through_vs_orthanc": GOAL_PASS_RATIO, "full_vs_orthanc": GOAL_FULL_RATIO,
+        "goals_targets": {"pass_through_vs_orthanc": GOAL_PASS_RATIO, "encrypt_vs_orthanc": GOAL_ENCRYPT_RATIO,
+                          "slice_encrypt_decrypt_ms": crypto.GOAL_SLICE_MS,
                           "p99_ack_to_delivery_s": GOAL_P99_S, "peak_rss_mb": GOAL_RSS_MB},
     }
     try:
-        keys = make_keys(scratch / "keys")
+        keys = make_keys(scratch / "keys", args.recipient)
+        store = key_store(keys)
         corpus = corpus_mod.build(scratch / "corpus", n=args.n, size=args.size, bundled=not args.no_bundled)
         warmup = corpus_mod.warmup_series(scratch / "corpus")
         results["corpus"] = corpus.describe()
@@ -351,15 +383,24 @@ def main(argv=None) -> int:
         _ratios(results)
         memory = None
         if not args.no_memory:
-            memory = _memory(args, contenders, corpus, warmup, scratch, common)
+            memory = _memory(args, contenders, corpus, warmup, scratch, common, keys)
             results["memory"] = memory
         if not args.no_stages:
             ct = corpus.ct_files()[: args.stage_n]
             try:
-                results["stages"] = stages_mod.run(ct, corpus.files[corpus.ct_count:], keys)
+                results["stages"] = stages_mod.run(ct, corpus.files[corpus.ct_count:], keys, store=store)
             except Exception as exc:
                 log(f"stage micro-benchmarks failed: {exc}")
                 results["stages"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if not args.no_crypto:
+            try:
+                enc = crypto.run([f.path for f in corpus.ct_files()[: args.stage_n]], store, keys["recipient"],
+                                 scratch / "crypto", samples=args.crypto_samples, seconds=1 if args.quick else 2)
+                results["cipher_stats"] = enc.pop("cipher_stats")
+                results["encryption"] = enc
+            except Exception as exc:
+                log(f"encryption micro-benchmarks failed: {exc}")
+                results["encryption"] = {"error": f"{type(exc).__name__}: {exc}"}
         results["goals"] = goals(results, memory)
     finally:
         results["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -395,7 +436,7 @@ def _ratios(results: dict) -> None:
                        "burst_vs_limit": ratio(ips(key), ips("dcmtk-limit"))}
 
 
-def _memory(args, contenders, corpus, warmup, scratch, common) -> dict:
+def _memory(args, contenders, corpus, warmup, scratch, common, keys) -> dict:
     pick = args.memory_contender
     by_key = {c.key: c for c in contenders}
     if pick is None:
@@ -404,7 +445,7 @@ def _memory(args, contenders, corpus, warmup, scratch, common) -> dict:
     if pick is None:
         return {"status": "skipped", "why": "no service contender selected"}
     if pick not in by_key:
-        by_key.update({c.key: c for c in contenders_mod.make_contenders([pick], {}, None)})
+        by_key.update({c.key: c for c in contenders_mod.make_contenders([pick], keys, args.pipeline)})
     c = by_key[pick]
     log(f"memory burst: {args.memory_n} images -> {pick}")
     files = corpus_mod.clone_series(scratch / "memory-corpus", args.memory_n, size=args.size)

@@ -1,40 +1,63 @@
-"""Throw-away key material for the protection stages (made with the openssl CLI).
+"""Throw-away keys for the benchmark, made by the real ``pacsguard keys generate`` in the
+run's work folder (private keys and secrets mode 0600; removed with the work folder).
 
-Placeholders in stage options ({rsa_public}, {rsa_private}, {rsa_cert}, {x25519_public},
-{x25519_private}, {secret}) are replaced by these files' paths.
+One key per type, named :data:`NAMES`; the service contenders get them in their config's
+``keys:`` section (:func:`config_section`), the stage micro-benchmarks from the key store
+loader itself (:func:`key_store`). Placeholders in stage options (``--pipeline``): the key
+names ``{rsa}``, ``{x25519}``, ``{pq-hybrid}``, ``{secret}`` and ``{recipient}`` (the one
+the encryption route encrypts to); their files ``{rsa_private}``, ``{rsa_public}``,
+``{rsa_cert}``, ``{x25519_private}``, ``{x25519_public}``, ``{pq_private}``,
+``{pq_public}``, ``{secret_file}``.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 from .common import peers
 
+#: key type -> the key's name in the benchmark's key store
+NAMES = {"rsa": "bench-rsa", "x25519": "bench-x25519", "pq-hybrid": "bench-pq", "secret": "bench-secret"}
+RECIPIENT_TYPES = ("rsa", "x25519", "pq-hybrid")
 
-def make_keys(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    openssl = peers.require("openssl")
-    k = {
-        "rsa_private": folder / "rsa-private.pem",
-        "rsa_public": folder / "rsa-public.pem",
-        "rsa_cert": folder / "rsa-cert.pem",
-        "x25519_private": folder / "x25519-private.pem",
-        "x25519_public": folder / "x25519-public.pem",
-        "secret": folder / "secret.key",
+
+def make_keys(folder: Path, recipient: str = "x25519") -> dict[str, str]:
+    """Generate the keys into ``folder``; the placeholder map (names and file paths)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for kind, name in NAMES.items():
+        out = subprocess.run(peers.PACSGUARD + ["keys", "generate", name, "--type", kind, "--out", str(folder)],
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"pacsguard keys generate {name} --type {kind} failed: {out.stderr.strip()[-300:]}")
+    k = {kind: name for kind, name in NAMES.items()}
+    k["recipient"] = NAMES[recipient]
+    for prefix, kind in (("rsa", "rsa"), ("x25519", "x25519"), ("pq", "pq-hybrid")):
+        k[f"{prefix}_private"] = str(folder / f"{NAMES[kind]}.key")
+        k[f"{prefix}_public"] = str(folder / f"{NAMES[kind]}.pub")
+    k["rsa_cert"] = str(folder / f"{NAMES['rsa']}.crt")
+    k["secret_file"] = str(folder / f"{NAMES['secret']}.key")
+    return k
+
+
+def config_section(keys: dict) -> dict:
+    """The ``keys:`` section naming the generated files (private halves: a ``--pipeline``
+    may decrypt too)."""
+    if "rsa_private" not in keys:
+        return {}
+    return {
+        NAMES["rsa"]: {"private": keys["rsa_private"], "certificate": keys["rsa_cert"]},
+        NAMES["x25519"]: {"private": keys["x25519_private"]},
+        NAMES["pq-hybrid"]: {"private": keys["pq_private"]},
+        NAMES["secret"]: {"secret": keys["secret_file"]},
     }
 
-    def run(*args):
-        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=120)
 
-    run("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", str(k["rsa_private"]))
-    run("pkey", "-in", str(k["rsa_private"]), "-pubout", "-out", str(k["rsa_public"]))
-    run("req", "-x509", "-new", "-key", str(k["rsa_private"]), "-subj", "/CN=pacsguard-bench", "-days", "30",
-        "-out", str(k["rsa_cert"]))
-    run("genpkey", "-algorithm", "X25519", "-out", str(k["x25519_private"]))
-    run("pkey", "-in", str(k["x25519_private"]), "-pubout", "-out", str(k["x25519_public"]))
-    k["secret"].write_bytes(os.urandom(32))
-    for p in k.values():
-        os.chmod(p, 0o600)
-    return k
+def key_store(keys: dict) -> dict:
+    """The keys loaded as the service loads them (name -> Key)."""
+    from pacsguard.daemon.keystore import load_keys
+
+    loaded, problems = load_keys(config_section(keys))
+    if problems:
+        raise RuntimeError(f"benchmark keys do not load: {problems[:2]}")
+    return loaded

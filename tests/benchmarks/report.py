@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import report_crypto
 from .common import log
 
 
@@ -70,6 +71,8 @@ def table(res: dict) -> str:
             if md.get("images_per_s_min") is not None and b["runs_ok"] > 1:
                 spread = f"runs {md['images_per_s_min']:.0f}-{md['images_per_s_max']:.0f} img/s; "
             lat = (f"{_f(md.get('ack_to_delivery_p50_s'), '{:.3f}')}/{_f(md.get('ack_to_delivery_p99_s'), '{:.3f}')}")
+            if md.get("images_quarantined"):
+                spread += f"{md['images_quarantined']} quarantined (not counted in img/s; SERVICE LOGS say why); "
             add(f"{e['label']:<36} {_f(md.get('images_per_s')):>7} {_f(md.get('mb_per_s')):>6} "
                 f"{_f(e['ratios'].get('burst_vs_orthanc'), '{:.2f}'):>8} {_f(e['ratios'].get('burst_vs_limit'), '{:.2f}'):>6} "
                 f"{_f(None if e['is_limit'] else _ms(md.get('cpu_s_per_image')), '{:.2f}'):>10} "
@@ -166,6 +169,10 @@ def table(res: dict) -> str:
                 add(f"  {name:<26} {_f(ct.get('process_ms_p50'), '{:.3f}'):>8} {_f(ct.get('process_ms_p90'), '{:.3f}'):>8} "
                     f"{_f(ct.get('images_per_s')):>8} {_f(ct.get('parse_ms_p50'), '{:.2f}'):>7} "
                     f"{_f(ct.get('write_ms_p50'), '{:.2f}'):>7} {bundled_ok:>10}  {' | '.join(notes)[:200]}")
+    if res.get("encryption"):
+        lines.extend(report_crypto.encryption_lines(res["encryption"]))
+    if res.get("cipher_stats"):
+        lines.extend(report_crypto.cipher_lines(res["cipher_stats"]))
     gl = res.get("goals")
     if gl:
         add("")
@@ -175,7 +182,7 @@ def table(res: dict) -> str:
             if isinstance(val, dict):
                 val = ", ".join(f"{k.replace('pacsguard-', '')} {x:.3f} s" for k, x in val.items())
             elif isinstance(val, float):
-                val = f"{val:.2f}" + ("x" if "Orthanc" in g["goal"] else "")
+                val = f"{val:.2f}" + ("x" if "Orthanc" in g["goal"] else " ms" if " ms " in g["goal"] else "")
             line = f"  [{g['status']:>4}] {g['goal']}: {val if val is not None else '-'}"
             if g.get("note"):
                 line += f"  ({g['note']})"

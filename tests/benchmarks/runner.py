@@ -98,8 +98,8 @@ def _measure(contender, sink, *, shape, files, groups, cfg, warmup, sink_pdu, ra
             done = not th.is_alive()
             if done and "res" in holder:
                 expected = min(expected, holder["res"].acked)
-            if done and count >= expected:
-                break
+            if done and (count >= expected or count + contender.quarantined() >= expected):
+                break  # every object delivered or quarantined (the service's log says why)
             if contender.died():
                 incomplete = contender.died()
                 break
@@ -132,6 +132,7 @@ def _measure(contender, sink, *, shape, files, groups, cfg, warmup, sink_pdu, ra
     sent: SendResult = holder["res"]
     arrivals = sink.arrivals()
     result.update(_figures(sent, arrivals, files, t_start, cpu, svc, sink_cpu, shape, rate))
+    result["images_quarantined"] = contender.quarantined()
     # how busy the whole machine was (every process, ours and others'): the noise indicator
     total = busy1[1] - busy0[1]
     result["machine_busy_pct"] = round(100 * (busy1[0] - busy0[0]) / total, 1) if total > 0 else None

@@ -49,16 +49,18 @@ def _item(job_id: int, path: Path, keys: dict, decode):
     return Item(job_id, path, _facts(), keys=keys, decode_pixels=decode)
 
 
-def run(ct: list[CorpusFile], bundled: list[CorpusFile], keys: dict, *, repeat: int = 1,
-        extra_plugins: tuple = ()) -> dict:
+def run(ct: list[CorpusFile], bundled: list[CorpusFile], keys: dict, *, store: dict | None = None,
+        repeat: int = 1, extra_plugins: tuple = ()) -> dict:
     """Time every watched and every other registered stage; returns a JSON-able dict.
-    ``extra_plugins`` are registered besides the built-in and entry-point ones (tests)."""
+    ``keys`` fills the option placeholders, ``store`` (key name -> loaded key) is the items'
+    key store: a stage naming a key it lacks is "not benchmarked". ``extra_plugins`` are
+    registered besides the built-in and entry-point ones (tests)."""
     from pacsguard.daemon.plugins import collect, get_plugin_manager
 
     pm = get_plugin_manager(extra=tuple(extra_plugins))
     stages = collect(pm).stages
     decode = pm.hook.pacsguard_decode_pixels
-    key_map = {k: str(v) for k, v in keys.items()}
+    key_map = dict(store or {})
     names = list(WATCHED) + sorted(n for n in stages if n not in WATCHED)
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-stages-") as tmp:
@@ -76,7 +78,11 @@ def run(ct: list[CorpusFile], bundled: list[CorpusFile], keys: dict, *, repeat: 
                 opts, why = stage_options(cls, keys)
                 if opts is None:
                     raise LookupError(why)
-                instances[name] = cls(cls.Options(**opts))
+                options = cls.Options(**opts)
+                absent = [u.name for u in cls.key_uses(options) if u.name not in key_map]
+                if absent:
+                    raise LookupError(f"key {', '.join(absent)} not in the benchmark's key store")
+                instances[name] = cls(options)
             return instances[name]
 
         for name in names:

@@ -38,7 +38,7 @@ def test_report_files_and_table(quick_run):
     proc, report, out = quick_run
     assert Path(report["files"]["json"]).is_file()
     assert Path(report["files"]["table"]).is_file()
-    for section in ("BURST", "STEADY RATE", "MEMORY", "STAGES", "GOALS"):
+    for section in ("BURST", "STEADY RATE", "MEMORY", "STAGES", "ENCRYPTION", "CIPHER-IMAGE STATISTICS", "GOALS"):
         assert section in proc.stdout
     try:
         import matplotlib  # noqa: F401
@@ -108,17 +108,80 @@ def test_stages(quick_run):
     assert _positive(sa["ct"]["process_ms_p50"]) and sa["ct"]["ok"] == r["settings"]["stage_n"]
     for name in ("deidentify", "embed", "reveal", "encrypt", "decrypt"):
         assert name in st and isinstance(st[name]["present"], bool)
+    for name in ("encrypt", "decrypt"):  # with the run's key store (keys made by pacsguard keys generate)
+        assert st[name]["status"] == "ok", st[name]
+        assert st[name]["ct"]["ok"] == r["settings"]["stage_n"] and _positive(st[name]["ct"]["process_ms_p50"])
     assert _positive(st["decode (pydicom CPU)"]["ct"]["process_ms_p50"])
+
+
+def test_encryption_figures(quick_run):
+    _, r, _ = quick_run
+    enc = r["encryption"]
+    assert enc["recipient"] == "bench-x25519" and enc["per_slice"]
+    for label, sl in enc["per_slice"].items():
+        assert sl["round_trip"] == "ok" and sl["samples"] == r["settings"]["crypto_samples"], label
+        for op in ("encrypt", "decrypt"):
+            t = sl[op]
+            assert all(_positive(t[k]) for k in ("total_ms_p50", "parse_ms_p50", "stage_ms_p50", "write_ms_p50"))
+            assert t["total_ms_p90"] >= t["total_ms_p50"]
+    aes = enc["aes_gcm"]
+    assert aes["buffer_bytes"] == 512 * 512 * 2
+    assert _positive(aes["cryptography"]["encrypt_mb_s"]) and _positive(aes["openssl"]["encrypt_mb_s"])
+    assert set(enc["wrap"]) == {"rsa", "x25519", "pq-hybrid"}
+    assert enc["wrap"]["rsa"]["wrapped_bytes"] == 384 and enc["wrap"]["x25519"]["wrapped_bytes"] == 80
+    assert all(_positive(w["wrap_ms_p50"]) and _positive(w["unwrap_ms_p50"]) for w in enc["wrap"].values())
+
+
+def test_cipher_statistics(quick_run):
+    """The encrypted pixels look like uniform noise, the plain ones do not (loose bounds:
+    this checks the wiring; tests/benchmarks/test_cipherstats.py checks the arithmetic)."""
+    _, r, _ = quick_run
+    stats = r["cipher_stats"]
+    assert any(s["rows"] == s["columns"] == 512 and s["bits_allocated"] == 16 for s in stats)
+    for s in stats:
+        ideal, c, two = s["ideal"], s["cipher"], s["two_encryptions"]
+        assert abs(two["npcr_pct"] - ideal["npcr_pct"]) < 0.1 and abs(two["uaci_pct"] - ideal["uaci_pct"]) < 0.5
+        assert abs(c["entropy_bits"] - ideal["entropy_bits"]) < 0.01 < ideal["entropy_bits"] - s["plain"]["entropy_bits"]
+        for d in ("horizontal", "vertical", "diagonal"):
+            assert abs(c[f"correlation_{d}"]) < 0.02 and s["plain"][f"correlation_{d}"] > 0.5
 
 
 def test_goals(quick_run):
     _, r, _ = quick_run
     goals = r["goals"]
-    assert len(goals) == 4
+    assert len(goals) == 6
     for g in goals:
         assert g["status"] in ("PASS", "MISS", "n/a") and g["goal"]
     # pacsguard was not selected: its goals cannot be judged
     assert [g["status"] for g in goals[:3]] == ["n/a"] * 3
+    # the per-slice encryption goals are judged without any service
+    assert [g["status"] in ("PASS", "MISS") and _positive(g["value"]) for g in goals[4:]] == [True, True]
+
+
+def test_the_encryption_route_config_is_accepted(tmp_path):
+    """The encryption contender's config, with keys from the real ``pacsguard keys
+    generate`` (private keys mode 0600), passes ``pacsguard check-config``."""
+    import stat
+
+    import yaml
+
+    from tests.benchmarks import contenders, keys
+    from tests.benchmarks.common import peers
+
+    k = keys.make_keys(tmp_path / "keys")
+    for name in keys.NAMES.values():
+        assert stat.S_IMODE((tmp_path / "keys" / f"{name}.key").stat().st_mode) == 0o600
+    (c,) = contenders.make_contenders(["pacsguard-encrypt"], k, None)
+
+    class Sink:
+        port = 11112
+
+    cfg = c.config(tmp_path / "svc", Sink())
+    assert cfg["routes"][0]["pipeline"] == [{"encrypt": {"scope": "pixels", "recipients": ["bench-x25519"]}}]
+    path = tmp_path / "pacsguard.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(peers.PACSGUARD + ["check-config", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr + out.stdout
 
 
 def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
@@ -183,6 +246,7 @@ def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
         assert out[name]["present"] and out[name]["status"] == "ok", (name, out[name])
         assert out[name]["ct"]["ok"] == 3 and _positive(out[name]["ct"]["process_ms_p50"])
     assert out["embed"]["options"] == {"key": str(keys["secret"])}
-    # encrypt is built in; the harness's option guesses name key files, not key store names
+    # encrypt is built in and names a key: without a key store it is not benchmarked
     assert out["encrypt"]["present"] and out["encrypt"]["status"] == "not benchmarked"
+    assert "not in the benchmark's key store" in out["encrypt"]["reason"]
     assert calls.count("reveal") == 3
