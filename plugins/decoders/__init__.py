@@ -1,0 +1,9 @@
+"""Decoder plugins: keyed block scrambling and inference on scrambled images.
+
+- ``scramble`` / ``unscramble`` (:mod:`.scramble`, numpy only): block-wise keyed image
+  scrambling for vision transformers and its exact inverse;
+- ``infer`` (:mod:`.infer`, needs ``pacsguard[gpu]``): a small vision transformer, converted
+  with the key, classifies scrambled images without unscrambling them.
+
+:mod:`.runtime` is the torch runtime they share (device, model cache, safetensors weights).
+"""
