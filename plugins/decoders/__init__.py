@@ -7,3 +7,20 @@
 
 :mod:`.runtime` is the torch runtime they share (device, model cache, safetensors weights).
 """
+
+from __future__ import annotations
+
+from pacsguard.daemon.hookspecs import hookimpl
+
+from . import marking
+from .scramble import Scramble, Unscramble
+
+marking.register_dictionary()
+
+__all__ = ["Scramble", "Unscramble"]
+
+
+@hookimpl
+def pacsguard_register_stages(register):
+    register(Scramble)
+    register(Unscramble)
