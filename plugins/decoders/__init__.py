@@ -13,14 +13,16 @@ from __future__ import annotations
 from pacsguard.daemon.hookspecs import hookimpl
 
 from . import marking
+from .infer import Infer
 from .scramble import Scramble, Unscramble
 
 marking.register_dictionary()
 
-__all__ = ["Scramble", "Unscramble"]
+__all__ = ["Infer", "Scramble", "Unscramble"]
 
 
 @hookimpl
 def pacsguard_register_stages(register):
     register(Scramble)
     register(Unscramble)
+    register(Infer)

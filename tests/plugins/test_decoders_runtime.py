@@ -133,3 +133,33 @@ routes:
     [error] = excinfo.value.errors
     assert error.startswith("routes[0].pipeline[0].acme-model")
     assert "needs torch==2.13.0 (pip install torch==2.13.0)" in error
+
+
+def test_check_config_without_torch_names_what_infer_needs_and_scramble_still_works(tmp_path):
+    secret = tmp_path / "vit.key"
+    secret.write_text("ab" * 32)
+    secret.chmod(0o600)
+    base = f"""
+keys: {{vit: {{secret: {secret}}}}}
+destinations:
+  out: {{type: folder, path: {tmp_path / "out"}}}
+routes:
+  - name: research
+    pipeline: [{{scramble: {{key: vit, block_size: 4}}}}{{extra}}]
+    to: [out]
+"""
+    with_infer = tmp_path / "infer.yaml"
+    with_infer.write_text(base.replace("{extra}", ", {infer: {key: vit}}"))
+    without = tmp_path / "scramble.yaml"
+    without.write_text(base.replace("{extra}", ""))
+    check = "from pacsguard.daemon.cli import main; sys.exit(main(['check-config', sys.argv[1]]))"
+
+    r = _blocked(check, str(without))
+    assert r.returncode == 0, r.stderr
+    r = _blocked(check, str(with_infer))
+    assert r.returncode != 0
+    assert "routes[0].pipeline[1].infer: stage 'infer' needs torch==2.13.0, safetensors>=0.4" in r.stderr
+    assert "pip install torch==2.13.0 safetensors>=0.4" in r.stderr
+    ok = subprocess.run([sys.executable, "-m", "pacsguard.daemon.cli", "check-config", str(with_infer)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr  # with torch installed the same config is fine
