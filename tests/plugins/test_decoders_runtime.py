@@ -163,3 +163,16 @@ routes:
     ok = subprocess.run([sys.executable, "-m", "pacsguard.daemon.cli", "check-config", str(with_infer)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr  # with torch installed the same config is fine
+
+
+def test_pacsguard_plugins_shows_the_device_of_infer_or_what_it_needs():
+    listing = "from pacsguard.daemon.cli import main; sys.exit(main(['plugins']))"
+    r = subprocess.run([sys.executable, "-c", "import sys\n" + listing], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = next(i for i, t in enumerate(r.stdout.splitlines()) if " infer " in t)
+    device = r.stdout.splitlines()[line + 1].strip()
+    assert device == f"device: {runtime.describe_device('auto')}"
+    r = _blocked(listing)
+    assert r.returncode == 0, r.stderr
+    assert "(needs: torch==2.13.0, safetensors>=0.4)" in next(t for t in r.stdout.splitlines() if " infer " in t)
+    assert "device:" not in r.stdout
