@@ -103,6 +103,9 @@ def cmd_plugins(args) -> int:
                 missing = cls.missing_dependencies()
                 extra = f"  (needs: {', '.join(missing)})" if missing else ""
                 print(f"    {kind[:-1]:<12} {name:<20} {cls.summary()}{extra}")
+                device = getattr(cls, "device_summary", None)  # stages that run models
+                if device is not None and not missing:
+                    print(f"    {'':<12} {'':<20} device: {device()}")
         print(f"    hooks: {', '.join(p['hooks'])}")
     return EXIT_OK
 

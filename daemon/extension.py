@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -24,6 +24,16 @@ class Options(BaseModel):
     """Base for every contribution's options: unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchOptions(Options):
+    """Options of a stage that batches (``batching = True``): how the host fills its batches."""
+
+    batch_size: int = Field(8, ge=1, le=1024,
+                            description="most objects of one geometry the stage gets in one call")
+    max_wait_ms: float = Field(10, ge=0, le=10000,
+                               description="how long a worker with fewer objects waits for more before "
+                                           "it starts; a lone object is held up no longer than this")
 
 
 class _Contribution:
@@ -53,7 +63,9 @@ class Stage(_Contribution):
     #: the stage that undoes this one (encrypt -> decrypt), if any
     inverse: ClassVar[str | None] = None
     #: set True when ``process_batch`` is worth calling with several objects of the same
-    #: geometry (GPU stages); the host then groups items by :meth:`Item.geometry`.
+    #: geometry (GPU stages); the host then groups items by :meth:`Item.geometry`, at most
+    #: ``batch_size`` at a time, and waits up to ``max_wait_ms`` to fill a batch (give the
+    #: stage :class:`BatchOptions`; without them: the objects one worker took together).
     batching: ClassVar[bool] = False
 
     def __init__(self, options: Options):
@@ -65,6 +77,16 @@ class Stage(_Contribution):
         the config loader checks each against the key store, and the stage finds them,
         loaded, in ``item.keys``."""
         return []
+
+    @property
+    def batch_size(self) -> int | None:
+        """Most objects per ``process_batch`` call (None: no limit of its own)."""
+        return getattr(self.options, "batch_size", None) if self.batching else None
+
+    @property
+    def max_wait(self) -> float:
+        """Seconds a worker may wait for more objects to fill this stage's batches."""
+        return float(getattr(self.options, "max_wait_ms", 0) or 0) / 1000 if self.batching else 0.0
 
     def process(self, item: "Item") -> "Item":
         raise NotImplementedError

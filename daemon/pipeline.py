@@ -1,8 +1,11 @@
 """Processing: parse, route and run each matched route's stages, then queue deliveries.
 
 Workers take jobs in small batches. Stages that want batches (``batching = True``) get
-the items of one route with the same geometry together; a batch that fails is retried
-item by item, so one bad object cannot take its neighbours to quarantine.
+the items of one route with the same geometry together, at most their ``batch_size`` at a
+time; while the config has such a stage, the worker taking jobs waits up to the stage's
+``max_wait_ms`` for more to fill a batch (one worker takes at a time, so that the others
+do not split a batch), and a lone object is held up no longer than that. A batch that
+fails is retried item by item, so one bad object cannot take its neighbours to quarantine.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Processor:
         self._queued: set[int] = set()
         self._busy = 0
         self._lock = threading.Lock()
+        self._taking = threading.Lock()  # one worker fills its batch at a time
         self._stopping = threading.Event()
         self._threads = [threading.Thread(target=self._run, name=f"worker-{i}", daemon=True)
                          for i in range(workers)]
@@ -98,17 +102,29 @@ class Processor:
 
     # -- work ----------------------------------------------------------------------------
     def _take_batch(self) -> list[int]:
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
-        while len(batch) < self.batch_size:
+        with self._taking:
             try:
-                batch.append(self._queue.get_nowait())
+                first = self._queue.get(timeout=0.2)
             except queue.Empty:
-                break
-        return batch
+                return []
+            wanted, wait = self.get_runtime().gather()
+            wanted = max(wanted, self.batch_size)
+            deadline = time.monotonic() + wait
+            batch = [first]
+            while len(batch) < wanted:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping.is_set():
+                    break
+                try:  # a batching stage waits a little for company
+                    batch.append(self._queue.get(timeout=min(left, 0.05)))
+                except queue.Empty:
+                    continue
+            return batch
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -211,8 +227,10 @@ class Processor:
                                         f"stage:{stage.name}")
                             continue
                         by_geometry.setdefault(key, []).append(w)
-                    for batch in by_geometry.values():
-                        self._run_batch(stage, route, batch, route.stages[:k])
+                    size = stage.batch_size or len(live)
+                    for same in by_geometry.values():
+                        for at in range(0, len(same), size):
+                            self._run_batch(stage, route, same[at:at + size], route.stages[:k])
                 else:
                     for w in live:
                         self._run_one(stage, route, w)

@@ -27,6 +27,12 @@ class Runtime:
     #: the config's loaded keys, read-only: every item of this generation gets this mapping
     keys: Mapping = field(default_factory=lambda: MappingProxyType({}))
 
+    def gather(self) -> tuple[int, float]:
+        """(objects, seconds): how many objects a worker should take at once for the
+        batching stages, and how long it may wait for them (0, 0.0 when none batches)."""
+        stages = [s for r in self.routes for s in r.stages if getattr(s, "batching", False)]
+        return (max((s.batch_size or 0 for s in stages), default=0),
+                max((s.max_wait for s in stages), default=0.0))
 
 
 def build_destinations(loaded: configmod.Loaded, registry: Registry) -> dict:

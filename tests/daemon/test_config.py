@@ -190,8 +190,8 @@ DEST = "destinations:\n  out: {type: folder, path: /tmp/pg-out}\n"
 
 
 @pytest.mark.parametrize("text, place, fragment, line", [
-    (DEST + "routes:\n  - name: r\n    pipeline: [{scramble: {}}]\n    to: [out]\n",
-     "routes[0].pipeline[0].scramble", "unknown stage 'scramble'", 5),
+    (DEST + "routes:\n  - name: r\n    pipeline: [{blur: {}}]\n    to: [out]\n",
+     "routes[0].pipeline[0].blur", "unknown stage 'blur'", 5),
     (DEST + "routes:\n  - name: r\n    pipeline: [set-attributes]\n    to: [out]\n",
      "routes[0].pipeline[0].set-attributes", "nothing to do", 5),
     (DEST + "routes:\n  - name: r\n    pipeline:\n      - set-attributes: {set: {Modality: ABCDEFGHIJKLMNOPQ}}\n"

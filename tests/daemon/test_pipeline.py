@@ -10,6 +10,8 @@ import io
 import logging
 import shutil
 import textwrap
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from pydicom.data import get_testdata_file
 
 from pacsguard.daemon.config import load_config_text
 from pacsguard.daemon.errors import QuarantineError
-from pacsguard.daemon.extension import Stage
+from pacsguard.daemon.extension import BatchOptions, Stage
 from pacsguard.daemon.hookspecs import hookimpl
 from pacsguard.daemon.item import TransportFacts
 from pacsguard.daemon.logs import configure_logging
@@ -415,3 +417,106 @@ def test_failed_batch_retry_starts_from_the_received_object(spool, pm, tmp_path)
     for job_id in cts[:2]:
         [d] = [d for d in deliveries(spool, "a") if d.job_id == job_id]
         assert pydicom.dcmread(d.path).ImageComments == f"{original}+stamp"
+
+
+# -- micro-batching -----------------------------------------------------------------------
+
+
+class Gathered(Stage):
+    """A batching stage with the host's batch options; records every call it gets."""
+
+    name = "test-gathered"
+    batching = True
+    Options = BatchOptions
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.calls: list[tuple[float, list[int], set]] = []  # (when, job ids, geometries)
+        self._lock = threading.Lock()
+
+    def _record(self, items):
+        with self._lock:
+            self.calls.append((time.monotonic(), sorted(i.job_id for i in items), {i.geometry() for i in items}))
+
+    def process_batch(self, items):
+        self._record(items)
+        return items
+
+    def process(self, item):
+        self._record([item])
+        return item
+
+
+def run_threads(spool, pm, stage, jobs, *, workers=2, pause=0.0) -> float:
+    """Submit ``jobs`` (``pause`` seconds apart) to real worker threads taking one job at a
+    time on their own; the time of the first submit once all are routed."""
+    proc = Processor(spool, pm.hook, lambda: hand_built(stage), workers=workers, batch_size=1)
+    proc.start()
+    t0 = time.monotonic()
+    try:
+        for j in jobs:
+            proc.submit(j)
+            time.sleep(pause)
+        deadline = time.monotonic() + 20
+        while spool.received_jobs() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        proc.stop(5)
+    assert all(spool.get_job(j).state == "routed" for j in jobs)
+    return t0
+
+
+def test_mixed_geometries_are_batched_only_with_their_own_kind(spool, pm, tmp_path):
+    stage = Gathered(BatchOptions(batch_size=4, max_wait_ms=300))
+    cts = [ingest(spool, tmp_path, CT) for _ in range(5)]  # 128 x 128
+    mrs = [ingest(spool, tmp_path, MR) for _ in range(3)]  # 64 x 64
+    mixed = [cts[0], mrs[0], cts[1], mrs[1], cts[2], cts[3], mrs[2], cts[4]]
+
+    run_threads(spool, pm, stage, mixed)
+
+    assert all(len(geometries) == 1 for _, _, geometries in stage.calls), stage.calls
+    assert all(len(jobs) <= 4 for _, jobs, _ in stage.calls)
+    assert any(len(jobs) > 1 for _, jobs, _ in stage.calls)  # the workers took 1 each: gathered
+    done = sorted(j for _, jobs, _ in stage.calls for j in jobs)
+    assert done == sorted(mixed)  # each object once
+
+
+def test_a_lone_object_is_processed_within_max_wait_ms(spool, pm, tmp_path):
+    stage = Gathered(BatchOptions(batch_size=8, max_wait_ms=300))
+    job = ingest(spool, tmp_path, CT)
+
+    t0 = run_threads(spool, pm, stage, [job])
+
+    [(when, jobs, _)] = stage.calls
+    assert jobs == [job]
+    assert 0.25 <= when - t0 < 0.3 + 0.2  # it waited for company, and no longer than allowed
+
+
+def test_an_object_arriving_within_max_wait_ms_joins_the_batch(spool, pm, tmp_path):
+    stage = Gathered(BatchOptions(batch_size=8, max_wait_ms=400))
+    cts = [ingest(spool, tmp_path, CT) for _ in range(2)]
+
+    run_threads(spool, pm, stage, cts, pause=0.1)
+
+    assert [jobs for _, jobs, _ in stage.calls] == [cts]
+
+
+def test_without_a_batching_stage_a_worker_does_not_wait(spool, pm, tmp_path):
+    stage = Gathered(BatchOptions(batch_size=8, max_wait_ms=2000))
+    stage.batching = False  # the same stage, not batching: its wait does not apply
+    job = ingest(spool, tmp_path, CT)
+
+    t0 = run_threads(spool, pm, stage, [job])
+
+    [(when, _, _)] = stage.calls
+    assert when - t0 < 0.5
+
+
+def test_a_batching_stage_gets_at_most_its_batch_size(spool, pm, tmp_path):
+    stage = Gathered(BatchOptions(batch_size=2, max_wait_ms=0))
+    cts = [ingest(spool, tmp_path, CT) for _ in range(5)]
+
+    processor(spool, pm, hand_built(stage)).process(cts)
+
+    assert [jobs for _, jobs, _ in stage.calls] == [cts[0:2], cts[2:4], cts[4:5]]
+    assert all(spool.get_job(j).state == "routed" for j in cts)
