@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -39,8 +41,6 @@ OPTION_CODES = (
 )
 BASIC = "BasicApplicationConfidentialityProfile"
 METHOD_TEXT = "pacsguard deidentify: PS3.15 Basic Profile"
-MARKED = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-          "LongitudinalTemporalInformationModified")
 
 
 def code(keyword: str):
@@ -56,18 +56,23 @@ def _item(keyword: str) -> Dataset:
     return item
 
 
-def mark(ds: Dataset, used: list[str], dates: str) -> None:
-    """Write the method attributes (:data:`MARKED`) for the options ``used``."""
+def values(ds: Dataset, used: list[str], dates: str) -> list[tuple[str, object]]:
+    """The method attributes (:data:`MARKED`, in order) for the options ``used``."""
     keywords = [BASIC] + [kw for option, kw in OPTION_CODES if option in used]
     prior_text = []
     if "DeidentificationMethod" in ds:
         value = ds["DeidentificationMethod"].value
         prior_text = [str(v) for v in (value if isinstance(value, (list, MultiValue)) else [value]) if v]
     texts = [METHOD_TEXT] + [code(kw).meaning for kw in keywords[1:]]
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = [t for t in prior_text if t not in texts] + texts
     prior = list(ds.get("DeidentificationMethodCodeSequence") or [])
     have = {(i.get("CodeValue"), i.get("CodingSchemeDesignator")) for i in prior}
     items = prior + [_item(kw) for kw in keywords if (code(kw).value, "DCM") not in have]
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
-    ds.LongitudinalTemporalInformationModified = dates
+    text = [t for t in prior_text if t not in texts] + texts
+    return [("PatientIdentityRemoved", "YES"), ("DeidentificationMethod", text if len(text) > 1 else text[0]),
+            ("DeidentificationMethodCodeSequence", Sequence(items)),
+            ("LongitudinalTemporalInformationModified", dates)]
+
+
+def element(keyword: str, value) -> DataElement:
+    tag = tag_for_keyword(keyword)
+    return DataElement(tag, dictionary_VR(tag), value)

@@ -8,9 +8,10 @@ attributes removed are recorded with their creators. Two more things make it exa
 - the object's Specific Character Set (unchanged by the stage), so that the record's text
   encodes as the original's did when a later stage serializes it;
 - a private block (creator ``PACSGUARD DEIDENTIFY 1`` in group 0011, in a block the record
-  leaves free) whose element xx01 (LO) names the scheme and xx10 (AT, 1-n) lists the
+  leaves free) whose element xx01 (LO) names the scheme, xx10 (AT, 1-n) lists the
   attributes the stage added that the original did not have (Patient Identity Removed,
-  De-identification Method, ...): restoring deletes those.
+  De-identification Method, ...: restoring deletes those), and xx11 (UI) holds the
+  original Media Storage SOP Instance UID of the file meta when the stage replaced it.
 
 The stage never logs the record nor writes it anywhere: later stages (encrypt with scope
 attributes, embed) protect it for the key holder, who gets the header back with
@@ -24,7 +25,7 @@ from pydicom.dataset import Dataset
 GROUP = 0x0011
 CREATOR = "PACSGUARD DEIDENTIFY 1"
 SCHEME = "PACSGUARD DEIDENTIFY 1"
-_SCHEME, _ADDED = 0x01, 0x10
+_SCHEME, _ADDED, _MEDIA_UID = 0x01, 0x10, 0x11
 _CHARSET = 0x00080005
 
 
@@ -35,12 +36,23 @@ def new_record(ds: Dataset) -> Dataset:
     return record
 
 
+def _block(record: Dataset):
+    block = record.private_block(GROUP, CREATOR, create=True)
+    if _SCHEME not in block:
+        block.add_new(_SCHEME, "LO", SCHEME)
+    return block
+
+
+def note_media_uid(record: Dataset, uid: str) -> None:
+    """Keep the file meta's original Media Storage SOP Instance UID (replaced by the stage)."""
+    _block(record).add_new(_MEDIA_UID, "UI", uid)
+
+
 def note_added(record: Dataset, tags: list[int]) -> None:
     """Mark ``tags`` as added by the stage (absent from the original)."""
     if not tags:
         return
-    block = record.private_block(GROUP, CREATOR, create=True)
-    block.add_new(_SCHEME, "LO", SCHEME)
+    block = _block(record)
     prior = list(_as_list(block[_ADDED].value)) if _ADDED in block else []
     block.add_new(_ADDED, "AT", sorted({int(t) for t in prior} | {int(t) for t in tags}))
 
@@ -80,12 +92,13 @@ def originals(record: Dataset) -> list:
 def restore(ds: Dataset, record: Dataset) -> None:
     """Put the original values of ``record`` back into the de-identified ``ds`` (in place):
     the attributes the stage added are deleted, every recorded element is set back (whole
-    sequences, private blocks), and the file meta SOP Instance UID follows."""
+    sequences, private blocks), and the file meta's Media Storage SOP Instance UID too."""
     for tag in added(record):
         if tag in ds:
             del ds[tag]
     for element in originals(record):
         ds[element.tag] = element
+    block = _marker(record)
     meta = getattr(ds, "file_meta", None)
-    if meta is not None and "SOPInstanceUID" in ds and "MediaStorageSOPInstanceUID" in meta:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if block is not None and _MEDIA_UID in block and meta is not None:
+        meta.MediaStorageSOPInstanceUID = block[_MEDIA_UID].value

@@ -25,7 +25,6 @@ from .walker import Run
 
 _SECRET = frozenset({"secret"})
 _SAFE_PRIVATE = re.compile(r"^([0-9A-Fa-f]{4}),[xX]{2}([0-9A-Fa-f]{2})$")
-_BURNED_IN = 0x00280301
 
 
 class CleanPixelRule(Options):
@@ -183,27 +182,29 @@ class Deidentify(Stage):
         rec = record.new_record(ds)
         Run(self.profile, keyed, self.settings, ds).top_level(ds, rec)
         used = sorted(self.enabled)
-        added = []
+        added: list[int] = []
         if rule is not None:
-            self._note(ds, rec, added, _BURNED_IN)
             burned.blank(ds, pixels() if pixels else ds.pixel_array, rule.rectangles, rule.fill)
-            ds.BurnedInAnnotation = "NO"
+            self._set(ds, rec, added, method.element("BurnedInAnnotation", "NO"))
             used.append("clean_pixel_data")
-        for keyword in method.MARKED:
-            self._note(ds, rec, added, tag_for_keyword(keyword))
         dates = ("MODIFIED" if self.options.retain_longitudinal_modified_dates
                  else "UNMODIFIED" if self.options.retain_longitudinal_full_dates else "REMOVED")
-        method.mark(ds, used, dates)
+        for keyword, value in method.values(ds, used, dates):
+            self._set(ds, rec, added, method.element(keyword, value))
         record.note_added(rec, added)
         return rec
 
     @staticmethod
-    def _note(ds: Dataset, rec: Dataset, added: list, tag: int) -> None:
-        """Before the stage sets ``tag``: its original goes into the record, or it is noted as added."""
-        if tag in rec:
-            return
+    def _set(ds: Dataset, rec: Dataset, added: list, new) -> None:
+        """Set ``new`` (a new element: the original, in the record, stays as it was), its
+        original into the record, or its tag noted as added."""
+        tag = new.tag
         if tag in ds:
-            rec[tag] = ds[tag]
+            if ds[tag] == new:
+                return
+            if tag not in rec:
+                rec[tag] = ds[tag]
         else:
             added.append(tag)
+        ds[tag] = new
 

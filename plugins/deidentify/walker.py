@@ -23,6 +23,7 @@ from pacsguard.daemon.errors import QuarantineError
 
 from . import values
 from .keyed import Keyed, render
+from .record import note_media_uid
 from .profile import Profile
 
 KEEP, REMOVE = object(), object()
@@ -70,6 +71,11 @@ def _strings(value) -> list[str]:
     if isinstance(value, (list, MultiValue)):
         return [str(v) for v in value]
     return [str(value)]
+
+
+def _same(original: DataElement, new: DataElement) -> bool:
+    """A replacement equal to the original (an empty attribute emptied): no change."""
+    return original.VR == new.VR and original.value == new.value
 
 
 class Run:
@@ -144,16 +150,30 @@ class Run:
             out = self.element(ds, tag, 0, NORMAL)
             if out is KEEP:
                 continue
-            record[tag] = self._original(ds, tag, out)
+            original = self._original(ds, tag, out)
+            if out is not REMOVE and _same(original, out):
+                continue
+            record[tag] = original
             if out is REMOVE:
                 del ds[tag]
             else:
                 ds[tag] = out
+        if not ds.original_encoding[0]:
+            self._explicit_vrs(ds)
         meta = getattr(ds, "file_meta", None)
         if meta is not None and _MEDIA_SOP_INSTANCE_UID in meta and self.actions.get(_MEDIA_SOP_INSTANCE_UID) == "U":
             original = str(meta[_MEDIA_SOP_INSTANCE_UID].value or "")
             if original:
                 meta.MediaStorageSOPInstanceUID = self.keyed.uid(original)
+                note_media_uid(record, original)
+
+    def _explicit_vrs(self, ds: Dataset) -> None:
+        """Some files mix implicit VR elements into an explicit VR data set: convert those
+        now, while the encoding they were read in still applies, so the object can be written."""
+        for tag in list(ds.keys()):
+            raw = ds.get_item(tag, keep_deferred=True)
+            if getattr(raw, "VR", "") is None and getattr(raw, "value", None) is not None:
+                self.convert(ds, tag)
 
     def _original(self, ds: Dataset, tag: int, out) -> DataElement:
         try:
@@ -296,7 +316,7 @@ class Run:
         changes = {}
         for tag in list(item.keys()):
             out = self.element(item, tag, depth, mode)
-            if out is not KEEP:
+            if out is not KEEP and (out is REMOVE or not _same(self.convert(item, tag), out)):
                 changes[tag] = out
         if not changes:
             return None
