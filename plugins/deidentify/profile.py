@@ -30,7 +30,8 @@ PSEUDONYMIZED = ("PatientName", "PatientID")
 
 @dataclass(frozen=True)
 class Profile:
-    actions: dict  # tag -> action
+    actions: dict  # tag -> action, at the top level of the data set
+    nested: dict  # tag -> action, inside sequence items
     fallback: dict  # tag -> the Basic Profile action, for C where a VR cannot be cleaned
     curve: str  # 50xx groups
     overlay_data: str  # 60xx3000 (X removes the whole overlay plane: its other elements need the data)
@@ -43,27 +44,28 @@ class Profile:
         return "C" in (self.curve, self.overlay_data, self.overlay_comments) or "C" in self.actions.values()
 
 
-def resolve(row: table.Row, enabled: set[str], keyword: str | None = None) -> str:
+def resolve(row: table.Row, enabled: set[str], keyword: str | None = None, nested: bool = False) -> str:
     """The action for one row under the enabled options (names of OPTION_COLUMNS values)."""
     given = [action for col, action in row.options.items() if table.OPTION_COLUMNS[col] in enabled]
     if given:
         return "C" if "C" in given else "K"
-    return choose(row.basic, keyword or "")
+    return choose(row.basic, keyword or "", nested)
 
 
 def compile_profile(enabled: set[str], pseudonyms: bool = True) -> Profile:
-    actions, fallback = {}, {}
+    actions, nested, fallback = {}, {}, {}
     special = {}
     for row in table.rows():
         keyword = keyword_for_tag(row.tag) if row.tag is not None else None
-        action = resolve(row, enabled, keyword)
         if row.tag is None:
-            special[row.id] = action
+            special[row.id] = resolve(row, enabled, keyword)
             continue
-        if keyword in PSEUDONYMIZED and action in ("Z", "D") and pseudonyms:
-            action = "P"
-        actions[row.tag] = action
-        if action == "C":
-            fallback[row.tag] = choose(row.basic, keyword or "")
-    return Profile(actions, fallback, special[table.CURVE_DATA], special[table.OVERLAY_DATA],
+        for level, table_ in ((False, actions), (True, nested)):
+            action = resolve(row, enabled, keyword, level)
+            if keyword in PSEUDONYMIZED and action in ("Z", "D") and pseudonyms:
+                action = "P"
+            table_[row.tag] = action
+            if action == "C":
+                fallback[row.tag] = choose(row.basic, keyword or "")  # C's VRs never differ by level
+    return Profile(actions, nested, fallback, special[table.CURVE_DATA], special[table.OVERLAY_DATA],
                    special[table.OVERLAY_COMMENTS], special[table.PRIVATE])

@@ -37,8 +37,15 @@ def new_record(ds: Dataset) -> Dataset:
 
 
 def _block(record: Dataset):
-    block = record.private_block(GROUP, CREATOR, create=True)
-    if _SCHEME not in block:
+    """The marker block, created in a block of group 0011 that no recorded original uses
+    (an original private element without its creator may sit in any block)."""
+    block = _marker(record)
+    if block is None:
+        used = {t.element >> 8 for t in record.keys() if t.group == GROUP and t.element >= 0x1000}
+        used |= {t.element for t in record.keys() if t.group == GROUP and 0x10 <= t.element <= 0xFF}
+        free = next(b for b in range(0x10, 0x100) if b not in used)
+        record.add_new(GROUP << 16 | free, "LO", CREATOR)
+        block = _marker(record)
         block.add_new(_SCHEME, "LO", SCHEME)
     return block
 

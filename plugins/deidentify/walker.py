@@ -84,6 +84,7 @@ class Run:
     def __init__(self, profile: Profile, keyed: Keyed, options, ds: Dataset):
         self.profile = profile
         self.actions = profile.actions
+        self.nested = profile.nested
         self.keyed = keyed
         self.options = options
         self.identity = self._identity(ds)
@@ -146,6 +147,7 @@ class Run:
     # -- the walk ----------------------------------------------------------------------------
     def top_level(self, ds: Dataset, record: Dataset) -> None:
         """De-identify ``ds`` in place, the original of each change into ``record``."""
+        removed = []
         for tag in list(ds.keys()):
             out = self.element(ds, tag, 0, NORMAL)
             if out is KEEP:
@@ -155,9 +157,11 @@ class Run:
                 continue
             record[tag] = original
             if out is REMOVE:
-                del ds[tag]
+                removed.append(tag)
             else:
                 ds[tag] = out
+        for tag in removed:  # after the walk: a private element is read with its creator in place
+            del ds[tag]
         if not ds.original_encoding[0]:
             self._explicit_vrs(ds)
         meta = getattr(ds, "file_meta", None)
@@ -183,7 +187,9 @@ class Run:
             if out is not REMOVE or not isinstance(getattr(raw, "value", None), bytes):
                 raise
             # removed anyway: its bytes go into the record as they were (VR UN)
-            return DataElement(tag, "UN", raw.value)
+            element = DataElement(tag, "UN", raw.value)
+            element.VR = "UN"  # pydicom's constructor puts the dictionary VR back
+            return element
 
     def element(self, ds: Dataset, tag: int, depth: int, mode: int):
         group, number = tag >> 16, tag & 0xFFFF
@@ -198,7 +204,7 @@ class Run:
                 return REMOVE  # the overlay plane goes whole: its other elements need the data
             action = {0x3000: self.profile.overlay_data, 0x4000: self.profile.overlay_comments}.get(number)
             return self._graphic(ds, tag, action) if action else KEEP
-        action = self.actions.get(tag)
+        action = (self.nested if depth else self.actions).get(tag)
         if action is not None:
             return self.apply(ds, tag, action, depth, mode)
         if tag not in DicomDictionary and not repeater_has_tag(tag):
