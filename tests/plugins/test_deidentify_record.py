@@ -99,3 +99,28 @@ def test_the_stage_logs_nothing_of_the_record(tmp_path):
     with structlog.testing.capture_logs() as logs:
         deidentify(path, tmp_path)
     assert logs == []
+
+
+def test_encrypt_protects_the_record_and_decrypt_gives_the_originals_back(tmp_path):
+    """deidentify -> encrypt (scope attributes, whose default input is this record) ->
+    decrypt: the originals are not in the clear output, and come back on decryption."""
+    from pacsguard.plugins.encryption.stages import Decrypt, Encrypt
+    from tests.plugins.encryption_keys import make_key, public_only
+
+    path = next(p for p in FILES if p.name == "CT_small.dcm")
+    rsa = make_key("rsa")
+    item = Item(1, path, FACTS, keys={"pseudo": KEY, "r": public_only(rsa)})
+    STAGE.process(item)
+    record = item.results["deidentify"]
+    Encrypt(Encrypt.Options(scope="attributes", recipients=["r"])).process(item)
+    item.write(tmp_path / "enc.dcm")
+    data = (tmp_path / "enc.dcm").read_bytes()
+    original = pydicom.dcmread(path)
+    assert original.PatientName.encode() not in data and original.StudyInstanceUID.encode() not in data
+
+    dec = Item(2, tmp_path / "enc.dcm", FACTS, keys={"me": rsa})
+    Decrypt(Decrypt.Options(scope="attributes", key="me")).process(dec)
+    dec.write(tmp_path / "dec.dcm")
+    back = pydicom.dcmread(tmp_path / "dec.dcm")
+    for element in originals(record):
+        assert back[element.tag] == element, element.keyword
