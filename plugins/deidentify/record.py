@@ -21,6 +21,7 @@ attributes, embed) protect it for the key holder, who gets the header back with
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 GROUP = 0x0011
 CREATOR = "PACSGUARD DEIDENTIFY 1"
@@ -29,11 +30,12 @@ _SCHEME, _ADDED, _MEDIA_UID = 0x01, 0x10, 0x11
 _CHARSET = 0x00080005
 
 
-def new_record(ds: Dataset) -> Dataset:
-    record = Dataset()
+def new_record(ds: Dataset, originals: dict) -> Dataset:
+    """The record of ``originals`` (tag -> element, raw or converted) of ``ds``."""
+    elements = dict(originals)
     if _CHARSET in ds:
-        record[_CHARSET] = ds[_CHARSET]
-    return record
+        elements[_CHARSET] = ds[_CHARSET]
+    return Dataset({Tag(t): e for t, e in sorted(elements.items())})
 
 
 def _block(record: Dataset):

@@ -179,8 +179,10 @@ class Deidentify(Stage):
         if why and rule is None and self.options.burned_in != "allow":
             raise QuarantineError(f"burned-in identity likely ({why}) and no clean_pixel_data rule matches it "
                                   "(burned_in: allow on the route passes such objects)")
-        rec = record.new_record(ds)
-        Run(self.profile, keyed, self.settings, ds).top_level(ds, rec)
+        originals, media_uid = Run(self.profile, keyed, self.settings, ds).top_level(ds)
+        rec = record.new_record(ds, originals)
+        if media_uid is not None:
+            record.note_media_uid(rec, media_uid)
         used = sorted(self.enabled)
         added: list[int] = []
         if rule is not None:

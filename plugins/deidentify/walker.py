@@ -14,7 +14,7 @@ attribute's tag, never its value.
 from __future__ import annotations
 
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag, repeater_has_tag, tag_for_keyword
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -23,7 +23,6 @@ from pacsguard.daemon.errors import QuarantineError
 
 from . import values
 from .keyed import Keyed, render
-from .record import note_media_uid
 from .profile import Profile
 
 KEEP, REMOVE = object(), object()
@@ -71,6 +70,21 @@ def _strings(value) -> list[str]:
     if isinstance(value, (list, MultiValue)):
         return [str(v) for v in value]
     return [str(value)]
+
+
+_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8}
+
+
+def _raw_is_safe(raw) -> bool:
+    """Whether a raw element can go into the record unconverted: its VR is explicit, and
+    reading it later cannot fail (not a sequence, a length that fits the VR), so that no
+    conversion is paid for what is removed."""
+    if not isinstance(raw, RawDataElement) or raw.value is None or raw.VR is None:
+        return False  # converted elements, deferred values (read from the file), implicit VR
+    if raw.VR == "SQ" or raw.VR == "UN" and raw.length == 0xFFFFFFFF:
+        return False
+    size = _SIZES.get(raw.VR)
+    return size is None or len(raw.value) % size == 0
 
 
 def _same(original: DataElement, new: DataElement) -> bool:
@@ -145,20 +159,24 @@ class Run:
                                   "so it cannot be de-identified safely") from None
 
     # -- the walk ----------------------------------------------------------------------------
-    def top_level(self, ds: Dataset, record: Dataset) -> None:
-        """De-identify ``ds`` in place, the original of each change into ``record``."""
-        removed = []
+    def top_level(self, ds: Dataset) -> tuple[dict, str | None]:
+        """De-identify ``ds`` in place. Returns the original of each change (tag -> element;
+        removed ones may stay raw, unconverted: the record converts them when read, with
+        their creators and character set beside them) and the file meta's original Media
+        Storage SOP Instance UID if the stage replaced it."""
+        originals, removed = {}, []
         for tag in list(ds.keys()):
             out = self.element(ds, tag, 0, NORMAL)
             if out is KEEP:
                 continue
-            original = self._original(ds, tag, out)
-            if out is not REMOVE and _same(original, out):
-                continue
-            record[tag] = original
             if out is REMOVE:
+                raw = ds.get_item(tag, keep_deferred=True)
+                originals[tag] = raw if _raw_is_safe(raw) else self._original(ds, tag, out)
                 removed.append(tag)
-            else:
+                continue
+            original = self._original(ds, tag, out)
+            if not _same(original, out):
+                originals[tag] = original
                 ds[tag] = out
         for tag in removed:  # after the walk: a private element is read with its creator in place
             del ds[tag]
@@ -169,7 +187,8 @@ class Run:
             original = str(meta[_MEDIA_SOP_INSTANCE_UID].value or "")
             if original:
                 meta.MediaStorageSOPInstanceUID = self.keyed.uid(original)
-                note_media_uid(record, original)
+                return originals, original
+        return originals, None
 
     def _explicit_vrs(self, ds: Dataset) -> None:
         """Some files mix implicit VR elements into an explicit VR data set: convert those
