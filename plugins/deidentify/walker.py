@@ -29,7 +29,7 @@ KEEP, REMOVE = object(), object()
 NORMAL, CLEAN, DUMMY = 0, 1, 2  # how free text not covered by a row is treated, inside sequences
 MAX_DEPTH = 32
 _PIXEL_GROUP = 0x7FE0
-_PATIENT_ID, _PATIENT_NAME, _SOP_INSTANCE_UID, _MEDIA_SOP_INSTANCE_UID = 0x00100020, 0x00100010, 0x00080018, 0x00020003
+_PATIENT_ID, _PATIENT_NAME, _MEDIA_SOP_INSTANCE_UID = 0x00100020, 0x00100010, 0x00020003
 
 #: Top-level attributes whose values are the object's identifiers (masked in cleaned text).
 IDENTIFYING = (

@@ -58,7 +58,8 @@ def run(ct: list[CorpusFile], bundled: list[CorpusFile], keys: dict, *, repeat: 
     pm = get_plugin_manager(extra=tuple(extra_plugins))
     stages = collect(pm).stages
     decode = pm.hook.pacsguard_decode_pixels
-    key_map = {k: str(v) for k, v in keys.items()}
+    key_map: dict = {k: str(v) for k, v in keys.items()}
+    key_map.update(_secret_keys(keys))
     names = list(WATCHED) + sorted(n for n in stages if n not in WATCHED)
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-stages-") as tmp:
@@ -110,6 +111,19 @@ def run(ct: list[CorpusFile], bundled: list[CorpusFile], keys: dict, *, repeat: 
                                                       first=_first_decoder(pm))
         out["decode (pydicom CPU)"] = _time_decode(ct[:5] + bundled, decode, key_map, via_hook=False)
     return out
+
+
+def _secret_keys(keys: dict) -> dict:
+    """The secret key file as the key store would load it, under its path: the name the
+    option guesses give a stage (``{"key": "{secret}"}``), so keyed stages find it in
+    ``item.keys``."""
+    from pacsguard.daemon.keys import Key, secret_key_id
+
+    path = keys.get("secret")
+    if path is None or not Path(path).is_file():
+        return {}
+    data = Path(path).read_bytes()
+    return {str(path): Key(str(path), "secret", secret_key_id(data), str(path), secret=data)}
 
 
 def _first_decoder(pm) -> str:
