@@ -7,6 +7,7 @@ replace. Stages leave results for later stages in ``results`` without touching t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -181,9 +182,8 @@ class Item:
             _save(ds, fh)
             fh.flush()
             return
-        head = ds.copy()  # shallow: the elements are shared, not copied
-        del head[_PIXEL_DATA]
-        head.save_as(fh, enforce_file_format=True)
+        with _without_pixel_data(ds):
+            _save(ds, fh)
         with open(self.path, "rb") as src:
             try:
                 append_range(src, fh, *raw)
@@ -201,15 +201,33 @@ class Item:
                 with open(plain, "rb") as src:
                     self._sealer(src, fh)
 
-            head = self._take_dataset().copy()
-            if _PIXEL_DATA in head:
-                del head[_PIXEL_DATA]
-            head.walk(lambda *_: None)  # parsed in the encoding it was read in (some files mix VRs)
-            size = _durably(header_path(dest), lambda fh: head.save_as(fh, enforce_file_format=True))
+            head = self._take_dataset()
+
+            def clear_header(fh):
+                with _without_pixel_data(head):
+                    head.walk(lambda *_: None)  # parsed in the encoding it was read in (some files mix VRs)
+                    head.save_as(fh, enforce_file_format=True)
+
+            size = _durably(header_path(dest), clear_header)
             return size + _durably(dest, seal)
         finally:
             if not self._seal_received:
                 plain.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _without_pixel_data(ds: Dataset):
+    """``ds`` without its Pixel Data element for the time of the block (then put back as
+    it was, deferred or not). (``Dataset.copy()`` would not do: its copy shares the
+    element dictionary, so deleting from the copy deletes from ``ds``.)"""
+    elem = ds.get_item(_PIXEL_DATA, keep_deferred=True) if _PIXEL_DATA in ds else None
+    if elem is not None:
+        del ds[_PIXEL_DATA]
+    try:
+        yield ds
+    finally:
+        if elem is not None:
+            ds[_PIXEL_DATA] = elem
 
 
 def _save(ds: Dataset, fh) -> None:

@@ -20,6 +20,7 @@ DEFAULT_PLUGINS = (
     "pacsguard.plugins.setattrs",
     "pacsguard.plugins.encryption",
     "pacsguard.plugins.decoders",
+    "pacsguard.plugins.deidentify",
 )
 
 ENTRY_POINT_GROUP = "pacsguard"

@@ -185,23 +185,15 @@ def test_the_encryption_route_config_is_accepted(tmp_path):
 
 
 def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
-    """A plugin that provides deidentify / embed / reveal is timed as soon as it is loaded:
-    reveal on embed's output, embed after deidentify; a stage nobody knows is timed too."""
+    """A plugin that provides embed / reveal is timed as soon as it is loaded: reveal on
+    embed's output, embed after deidentify (built in, keyed with the secret key file); a
+    stage nobody knows is timed too."""
     monkeypatch.syspath_prepend(str(REPO))
     from pacsguard.daemon.extension import Options, Stage
     from pacsguard.daemon.hookspecs import hookimpl
     from tests.benchmarks import corpus, stages
 
     calls = []
-
-    class Deid(Stage):
-        name = "deidentify"
-
-        def process(self, item):
-            item.dataset.PatientName = "ANON"
-            item.results["deidentify"] = {"PatientName": "DOE^JANE"}
-            calls.append(self.name)
-            return item
 
     class EmbedOptions(Options):
         key: str
@@ -236,16 +228,21 @@ def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
     class Plugin:
         @hookimpl
         def pacsguard_register_stages(self, register):
-            for cls in (Deid, Embed, Reveal, Mystery):
+            for cls in (Embed, Reveal, Mystery):
                 register(cls)
 
     ct = corpus.clone_series(tmp_path / "ct", 3, size=64)
-    keys = {"secret": tmp_path / "secret.key"}
-    out = stages.run(ct, [], keys, extra_plugins=(Plugin(),))
+    from pacsguard.daemon.keys import Key, secret_key_id
+
+    secret = bytes(range(32))
+    keys = {"secret": "bench-secret"}  # option placeholders name keys of the store
+    store = {"bench-secret": Key("bench-secret", "secret", secret_key_id(secret), "test", secret=secret)}
+    out = stages.run(ct, [], keys, store=store, extra_plugins=(Plugin(),))
     for name in ("deidentify", "embed", "reveal", "mystery-gpu-decode", "set-attributes"):
         assert out[name]["present"] and out[name]["status"] == "ok", (name, out[name])
         assert out[name]["ct"]["ok"] == 3 and _positive(out[name]["ct"]["process_ms_p50"])
-    assert out["embed"]["options"] == {"key": str(keys["secret"])}
+    assert out["embed"]["options"] == {"key": "bench-secret"}
+    assert out["deidentify"]["plugin"] == "pacsguard.plugins.deidentify"
     # encrypt is built in and names a key: without a key store it is not benchmarked
     assert out["encrypt"]["present"] and out["encrypt"]["status"] == "not benchmarked"
     assert "not in the benchmark's key store" in out["encrypt"]["reason"]

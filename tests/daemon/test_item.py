@@ -106,3 +106,17 @@ def test_every_bundled_image_survives_a_header_change(tmp_path):
         assert out.read_bytes() == expected, src.name
         done += 1
     assert done > 20
+
+
+def test_writing_leaves_the_items_dataset_whole(tmp_path):
+    """Writing the header apart from the pixel data (raw copy, sealing) must not take the
+    Pixel Data element out of the item's own dataset."""
+    from pacsguard.daemon.item import Item, TransportFacts
+
+    src = Path(get_testdata_file("CT_small.dcm"))
+    item = Item(1, src, TransportFacts(source="t", source_type="folder"))
+    item.dataset.InstitutionName = "X"
+    item.write(tmp_path / "out.dcm")
+    assert "PixelData" in item.dataset
+    assert item.dataset.PixelData == pydicom.dcmread(src).PixelData
+    assert pydicom.dcmread(tmp_path / "out.dcm").PixelData == pydicom.dcmread(src).PixelData

@@ -1,0 +1,113 @@
+"""The record of original values (``item.results["deidentify"]``), and :func:`restore`.
+
+The record is a pydicom Dataset that holds, for every top-level attribute the stage
+changed or removed, the original element; a sequence in which anything changed, at any
+depth, is recorded whole (as DICOM's Modified Attributes Sequence holds originals). Private
+attributes removed are recorded with their creators. Two more things make it exact:
+
+- the object's Specific Character Set (unchanged by the stage), so that the record's text
+  encodes as the original's did when a later stage serializes it;
+- a private block (creator ``PACSGUARD DEIDENTIFY 1`` in group 0011, in a block the record
+  leaves free) whose element xx01 (LO) names the scheme, xx10 (AT, 1-n) lists the
+  attributes the stage added that the original did not have (Patient Identity Removed,
+  De-identification Method, ...: restoring deletes those), and xx11 (UI) holds the
+  original Media Storage SOP Instance UID of the file meta when the stage replaced it.
+
+The stage never logs the record nor writes it anywhere: later stages (encrypt with scope
+attributes, embed) protect it for the key holder, who gets the header back with
+:func:`restore`. Pixel data is not recorded: pixels cleaned of burned-in text stay clean.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+GROUP = 0x0011
+CREATOR = "PACSGUARD DEIDENTIFY 1"
+SCHEME = "PACSGUARD DEIDENTIFY 1"
+_SCHEME, _ADDED, _MEDIA_UID = 0x01, 0x10, 0x11
+_CHARSET = 0x00080005
+
+
+def new_record(ds: Dataset, originals: dict) -> Dataset:
+    """The record of ``originals`` (tag -> element, raw or converted) of ``ds``."""
+    elements = dict(originals)
+    if _CHARSET in ds:
+        elements[_CHARSET] = ds[_CHARSET]
+    return Dataset({Tag(t): e for t, e in sorted(elements.items())})
+
+
+def _block(record: Dataset):
+    """The marker block, created in a block of group 0011 that no recorded original uses
+    (an original private element without its creator may sit in any block)."""
+    block = _marker(record)
+    if block is None:
+        used = {t.element >> 8 for t in record.keys() if t.group == GROUP and t.element >= 0x1000}
+        used |= {t.element for t in record.keys() if t.group == GROUP and 0x10 <= t.element <= 0xFF}
+        free = next(b for b in range(0x10, 0x100) if b not in used)
+        record.add_new(GROUP << 16 | free, "LO", CREATOR)
+        block = _marker(record)
+        block.add_new(_SCHEME, "LO", SCHEME)
+    return block
+
+
+def note_media_uid(record: Dataset, uid: str) -> None:
+    """Keep the file meta's original Media Storage SOP Instance UID (replaced by the stage)."""
+    _block(record).add_new(_MEDIA_UID, "UI", uid)
+
+
+def note_added(record: Dataset, tags: list[int]) -> None:
+    """Mark ``tags`` as added by the stage (absent from the original)."""
+    if not tags:
+        return
+    block = _block(record)
+    prior = list(_as_list(block[_ADDED].value)) if _ADDED in block else []
+    block.add_new(_ADDED, "AT", sorted({int(t) for t in prior} | {int(t) for t in tags}))
+
+
+def _as_list(v) -> list:
+    if v is None or v == "":
+        return []
+    if isinstance(v, int):
+        return [v]
+    return list(v)
+
+
+def _marker(record: Dataset):
+    try:
+        return record.private_block(GROUP, CREATOR)
+    except KeyError:
+        return None
+
+
+def added(record: Dataset) -> list[int]:
+    block = _marker(record)
+    if block is None or _ADDED not in block:
+        return []
+    return [int(t) for t in _as_list(block[_ADDED].value)]
+
+
+def originals(record: Dataset) -> list:
+    """The recorded original elements (the marker block left out)."""
+    block = _marker(record)
+    own = set()
+    if block is not None:
+        own = {t for t in record.keys() if t.group == GROUP and (t.element & 0xFF00) == block.block_start}
+        own.add(GROUP << 16 | block.block_start >> 8)
+    return [record[t] for t in record.keys() if t not in own]
+
+
+def restore(ds: Dataset, record: Dataset) -> None:
+    """Put the original values of ``record`` back into the de-identified ``ds`` (in place):
+    the attributes the stage added are deleted, every recorded element is set back (whole
+    sequences, private blocks), and the file meta's Media Storage SOP Instance UID too."""
+    for tag in added(record):
+        if tag in ds:
+            del ds[tag]
+    for element in originals(record):
+        ds[element.tag] = element
+    block = _marker(record)
+    meta = getattr(ds, "file_meta", None)
+    if block is not None and _MEDIA_UID in block and meta is not None:
+        meta.MediaStorageSOPInstanceUID = block[_MEDIA_UID].value
