@@ -77,6 +77,33 @@ def _write(name: str, kind: str, bits: int, out: Path, files: dict, password: by
     return KeyConfig(private=files["key"], certificate=files.get("crt"), password_file=password_file)
 
 
+def generate(name: str, kind: str, out: Path, bits: int = MIN_RSA_BITS) -> KeyConfig:
+    """Write a new key ``name`` of ``kind`` into ``out`` (never over existing files); its
+    ``keys:`` entry."""
+    files = {"key": out / f"{name}.key"}
+    if kind != "secret":
+        files["pub"] = out / f"{name}.pub"
+    if kind == "rsa":
+        files["crt"] = out / f"{name}.crt"
+    return _write(name, kind, bits, out, files, None, None)
+
+
+#: the keys the embedded default config names: made on first use, for trying pacsguard out
+DEMO_KEYS = {"demo-site": "secret", "demo-partner": "rsa"}
+DEMO_KEY_DIR = Path("pacsguard-data/keys")
+
+
+def ensure_demo_keys() -> list[str]:
+    """Make the embedded default's keys in ./pacsguard-data/keys where they are missing;
+    returns the names made. (A production config names keys made with `keys generate`.)"""
+    made = []
+    for name, kind in DEMO_KEYS.items():
+        if not (DEMO_KEY_DIR / f"{name}.key").exists():
+            generate(name, kind, DEMO_KEY_DIR.absolute())
+            made.append(name)
+    return made
+
+
 def cmd_keys_generate(args) -> int:
     name, kind = args.name, args.type
     if not re.match(_NAME, name):

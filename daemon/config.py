@@ -292,6 +292,13 @@ def load_config(path: Path | None, registry: Registry) -> Loaded:
     """Read and validate; raise ConfigError listing every problem."""
     label = str(path) if path else "<embedded default>"
     if path is None:
+        from .cli_keys import ensure_demo_keys
+
+        try:
+            ensure_demo_keys()  # the embedded default runs out of the box: its demo keys
+        except OSError as exc:
+            raise ConfigError([f"keys: cannot make the embedded default's demo keys in pacsguard-data/keys"
+                               f" ({exc.strerror or type(exc).__name__})"], label) from None
         text = embedded_default_text()
     else:
         try:

@@ -59,13 +59,14 @@ def test_embedded_default_validates(registry, tmp_path, monkeypatch):
     cfg = loaded.config
     assert loaded.path is None
     assert loaded.text == embedded_default_text() == (REPO / "config" / "default.yaml").read_text()
-    assert [r.name for r in cfg.routes] == ["default"]
-    assert cfg.routes[0].match == {} and cfg.routes[0].to == ["outbound"]
+    assert [r.name for r in cfg.routes] == ["images", "other"]
+    assert cfg.routes[1].match == {} and cfg.routes[0].to == cfg.routes[1].to == ["outbound"]
     assert cfg.destinations["outbound"].type == "folder"
     assert cfg.spool.max_size == 2 * 2**30 and cfg.spool.retention == 3600.0
     assert cfg.spool.path == tmp_path / "pacsguard-data" / "spool"
-    assert [s.name for s in loaded.pipelines["default"]] == ["set-attributes"]
-    assert loaded.pipelines["default"][0].options.set == {"ImageComments": "routed by pacsguard"}
+    assert [s.name for s in loaded.pipelines["images"]] == ["deidentify", "encrypt", "encrypt"]
+    assert [s.options.scope for s in loaded.pipelines["images"][1:]] == ["attributes", "pixels"]
+    assert [s.name for s in loaded.pipelines["other"]] == ["deidentify", "encrypt"]
     assert [s.name for s in loaded.sources] == ["inbound"]
     assert loaded.destination_options["outbound"].path == tmp_path / "pacsguard-data" / "outbound"
 

@@ -573,9 +573,20 @@ def test_a_reload_swaps_the_keys_for_the_items_processed_after_it(m, tmp_path, r
     assert Seal.seen[2][0] is second.keys
 
 
-def test_the_embedded_default_config_needs_no_keys(registry, tmp_path, monkeypatch):
+def test_the_embedded_default_config_makes_its_demo_keys(registry, tmp_path, monkeypatch):
+    """The embedded default runs out of the box: its two keys are made in
+    ./pacsguard-data/keys on first use (private halves 0600), and kept after that."""
     from pacsguard.daemon.config import load_config
 
     monkeypatch.chdir(tmp_path)
     loaded = load_config(None, registry)
-    assert dict(loaded.keys) == {} and dict(build_runtime(loaded, registry).keys) == {}
+    keys = dict(loaded.keys)
+    assert sorted(keys) == ["demo-partner", "demo-site"]
+    assert keys["demo-site"].type == "secret" and keys["demo-partner"].type == "rsa"
+    assert keys["demo-partner"].certificate is not None and keys["demo-partner"].private is not None
+    folder = tmp_path / "pacsguard-data" / "keys"
+    assert (folder / "demo-site.key").stat().st_mode & 0o777 == 0o600
+    assert (folder / "demo-partner.key").stat().st_mode & 0o777 == 0o600
+    again = load_config(None, registry)
+    assert {n: k.key_id for n, k in again.keys.items()} == {n: k.key_id for n, k in keys.items()}
+    assert dict(build_runtime(loaded, registry).keys) == keys
