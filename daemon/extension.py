@@ -55,6 +55,9 @@ class Stage(_Contribution):
     #: set True when ``process_batch`` is worth calling with several objects of the same
     #: geometry (GPU stages); the host then groups items by :meth:`Item.geometry`.
     batching: ClassVar[bool] = False
+    #: set True when the stage re-encodes pixel data lossily (a stage that hides data in
+    #: the pixels refuses to be followed by one: :meth:`check_pipeline`)
+    lossy: ClassVar[bool] = False
 
     def __init__(self, options: Options):
         self.options = options
@@ -64,6 +67,12 @@ class Stage(_Contribution):
         """The keys these options name (a list of :class:`pacsguard.daemon.keys.KeyUse`):
         the config loader checks each against the key store, and the stage finds them,
         loaded, in ``item.keys``."""
+        return []
+
+    @classmethod
+    def check_pipeline(cls, options: Options, following: list) -> list[str]:
+        """Config errors about the stages after this one in its route (``following``:
+        (name, class, options) in order); e.g. a lossy stage after ``embed``."""
         return []
 
     def process(self, item: "Item") -> "Item":

@@ -19,6 +19,7 @@ DEFAULT_PLUGINS = (
     "pacsguard.plugins.dicom",
     "pacsguard.plugins.setattrs",
     "pacsguard.plugins.encryption",
+    "pacsguard.plugins.stego",
 )
 
 ENTRY_POINT_GROUP = "pacsguard"
