@@ -8,9 +8,11 @@ systems that strip or rewrite headers::
     - embed: {method: lsb, reversible: false, recipients: [reid]}
     - reveal: {key: reid-x25519}                             # original pixels and header back
 
-Modules: :mod:`.pee` (prediction-error expansion), :mod:`.lsb` (keyed LSB),
-:mod:`.carrier` (the hidden bytes: header, encrypted payload), :mod:`.image` (pixel
-kinds, planes, native output), :mod:`.reading` (finding a carrier), :mod:`.stages`.
+Modules: :mod:`.pee` (prediction-error expansion) with :mod:`.sideinfo` (what its
+extraction reads first), :mod:`.lsb` (keyed LSB), :mod:`.carrier` (the hidden bytes:
+clear header, encrypted payload), :mod:`.image` (pixel kinds, planes, native output),
+:mod:`.reading` (finding a carrier), :mod:`.embedding` (one data set in, one out: what
+the stages and ``pacsguard reveal`` call), :mod:`.stages`.
 """
 
 from __future__ import annotations

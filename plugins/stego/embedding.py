@@ -11,6 +11,7 @@ Nothing in the data set changes unless every step succeeded.
 
 from __future__ import annotations
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from pacsguard.daemon.errors import QuarantineError
@@ -31,9 +32,10 @@ def embed(ds: Dataset, arr, payload: Dataset, recipients, *, method: str = "reve
           lsb_bits: int = 1) -> dict:
     """Hide ``payload`` for ``recipients`` in ``ds`` (decoded pixels ``arr``); the
     distortion record. NoRoom when it does not fit (``ds`` unchanged)."""
+    arr = np.asarray(arr)
     img = image.load(ds, arr)
     if method == "reversible":
-        params, digest = PREDICTOR, image.digest(img.array(img.planes))
+        params, digest = PREDICTOR, image.digest(arr)
     else:
         params, digest = bytes([lsb_bits]), image.digest(img.array(lsb.masked(img.planes, lsb_bits)))
     sealed = carrier.seal(payload, digest, recipients, method, params, image.context(ds, img, method, params))

@@ -72,14 +72,18 @@ class Image:
         return np.arange(0, self.frames, step)
 
     def carrier_planes(self, planes: np.ndarray | None = None) -> np.ndarray:
-        """The planes of :meth:`used_frames` (a copy)."""
+        """The planes of :meth:`used_frames` (all of them: the planes themselves)."""
         planes = self.planes if planes is None else planes
+        if len(self.used_frames()) == self.frames:
+            return planes
         rows, cols = planes.shape[1:]
         by_frame = planes.reshape(self.frames, self.samples, rows, cols)
         return by_frame[self.used_frames()].reshape(-1, rows, cols)
 
     def with_carrier(self, carrier: np.ndarray) -> np.ndarray:
         """All planes, those of :meth:`used_frames` replaced by ``carrier``."""
+        if len(self.used_frames()) == self.frames:
+            return carrier
         rows, cols = self.planes.shape[1:]
         out = self.planes.copy().reshape(self.frames, self.samples, rows, cols)
         out[self.used_frames()] = carrier.reshape(-1, self.samples, rows, cols)

@@ -34,22 +34,20 @@ The side information (threshold, the (V, k) pairs, the location maps, the length
 into the least significant bits of the first L non-padding pixels in raster order (plane
 by plane); those pixels and their four neighbours are no pass's targets, so no
 prediction sees them change. Their original least significant bits are the first L bits
-of the PEE stream, and extraction puts them back. Side information layout: ``"PE"
-0x01``, then unsigned LEB128 varints T, L, payload bytes, bits in the cross pass, V1,
-k1, map1 bytes, V2, k2, map2 bytes, then the two maps.
+of the PEE stream, and extraction puts them back. Its layout: :mod:`.sideinfo`.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-MAGIC = b"PE\x01"
+from .sideinfo import Aux, Damaged, NotEmbedded, pack_map, unpack_map  # noqa: F401 (re-exported)
+
 MIN_SIZE = 3  # rows and columns: one pixel with four neighbours
-_HEAD = 16  # bytes: enough for the magic, T and L
+_HEAD = 24  # bytes: enough for the magic, T and L
 _CLIP = 8191  # neighbour differences in the variance: int32 holds 4 x 3 x 8191^2
 
 
@@ -60,15 +58,6 @@ class NoCapacity(Exception):
     def __init__(self, needed: int, available: int, why: str):
         super().__init__(f"needs {needed} bits, {available} available ({why})")
         self.needed, self.available, self.why = needed, available, why
-
-
-class NotEmbedded(Exception):
-    """The pixels carry no PEE side information."""
-
-
-class Damaged(Exception):
-    """The side information is there but the pixels do not agree with it (changed after
-    embedding, cropped, or another geometry / bit depth / padding value)."""
 
 
 @dataclass(frozen=True)
@@ -293,7 +282,7 @@ def _apply(p: _Pass, plan: _Plan, sel: np.ndarray, bits: np.ndarray, T: int, rng
     new = np.where(sel, plan.new0, p.u)
     new[np.flatnonzero(sel & plan.carrier)] += bits
     unsafe = p.valid & _unsafe(new, new - p.pred, T, rng)
-    return new, _pack_map(np.flatnonzero(sel[unsafe]))
+    return new, pack_map(np.flatnonzero(sel[unsafe]))
 
 
 def _eligible(p: _Pass, T: int, landed: np.ndarray, rng: Range) -> np.ndarray:
@@ -319,88 +308,6 @@ def _invert(p: _Pass, T: int, sel: np.ndarray, rng: Range) -> tuple[np.ndarray, 
     if bool(_unsafe(new[sel], e[sel], T, rng).any()):
         raise Damaged("a restored value could not have been changed (near a range end or padding)")
     return new, bits
-
-
-# -- side information ----------------------------------------------------------------------
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise Damaged("the side information is cut short")
-        byte = buf[pos]
-        n |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if not byte & 0x80:
-            return n, pos
-
-
-def _pack_map(ranks: np.ndarray) -> bytes:
-    if not len(ranks):
-        return b""
-    return zlib.compress(np.diff(ranks, prepend=-1).astype("<u4").tobytes(), 9)
-
-
-def _unpack_map(data: bytes, limit: int) -> np.ndarray:
-    if not data:
-        return np.zeros(0, np.int64)
-    try:
-        d = zlib.decompressobj()
-        raw = d.decompress(data, 4 * limit + 4)
-        if d.unconsumed_tail or not d.eof or len(raw) % 4:
-            raise Damaged("the location map is damaged")
-    except zlib.error:
-        raise Damaged("the location map is damaged") from None
-    deltas = np.frombuffer(raw, "<u4").astype(np.int64)
-    if len(deltas) and deltas.min() < 1:
-        raise Damaged("the location map is damaged")
-    return np.cumsum(deltas) - 1
-
-
-@dataclass(frozen=True)
-class _Aux:
-    T: int
-    L: int
-    length: int
-    n1: int
-    passes: tuple  # ((V, k, map bytes), (V, k, map bytes))
-
-    def encode(self) -> bytes:
-        (v1, k1, m1), (v2, k2, m2) = self.passes
-        fields = (self.T, self.L, self.length, self.n1, v1, k1, len(m1), v2, k2, len(m2))
-        return MAGIC + b"".join(_uvarint(x) for x in fields) + m1 + m2
-
-    @staticmethod
-    def side_bits(head: bytes) -> int:
-        """L, from the first bytes of the side information."""
-        if head[:len(MAGIC)] != MAGIC:
-            raise NotEmbedded("no PEE side information")
-        pos = len(MAGIC)
-        for _ in range(2):
-            value, pos = _read_uvarint(head, pos)
-        return value
-
-    @classmethod
-    def decode(cls, buf: bytes) -> "_Aux":
-        if buf[:len(MAGIC)] != MAGIC:
-            raise NotEmbedded("no PEE side information")
-        pos, fields = len(MAGIC), []
-        for _ in range(10):
-            x, pos = _read_uvarint(buf, pos)
-            fields.append(x)
-        T, L, length, n1, v1, k1, l1, v2, k2, l2 = fields
-        if pos + l1 + l2 > len(buf) or 8 * (pos + l1 + l2) > L or T < 1:
-            raise Damaged("the side information is inconsistent")
-        m1, m2 = buf[pos:pos + l1], buf[pos + l1:pos + l1 + l2]
-        return cls(T, L, length, n1, ((v1, k1, m1), (v2, k2, m2)))
 
 
 # -- embedding and extraction -------------------------------------------------------------
@@ -457,12 +364,11 @@ def embed(X0: np.ndarray, payload: bytes, rng: Range, *, min_threshold: int = 1,
             if len(layout.side) < L:
                 raise NoCapacity(len(payload_bits) + L, 0, "no room for the side information")
             cross = _pass(ph0, shape, 0, rng, layout.near)
-            dot0 = _pass(ph0, shape, 1, rng, layout.near)  # before the cross pass: an estimate
             if T is None:
                 T = _estimate_start(cross, len(payload_bits) + L, min_threshold, max_threshold)
         if T > max_threshold:
             break
-        done = _try(ph0, shape, cross, dot0, T, rng, layout, payload_bits, _lsb_bits(X0, layout.side))
+        done = _try(ph0, shape, cross, T, rng, layout, payload_bits, _lsb_bits(X0, layout.side))
         if done is None:
             T += 1
             continue
@@ -484,12 +390,12 @@ def embed(X0: np.ndarray, payload: bytes, rng: Range, *, min_threshold: int = 1,
                      f"reversible, thresholds up to {max_threshold}; {L} of the bits needed are side information")
 
 
-def _try(ph0, shape, cross, dot0, T, rng, layout, payload_bits, side_lsb):
+def _try(ph0, shape, cross, T, rng, layout, payload_bits, side_lsb):
     L = len(layout.side)
     n = L + len(payload_bits)
     plan1 = _plan(cross, T, rng)
     cap1 = plan1.capacity
-    if 1.25 * (cap1 + _plan(dot0, T, rng).capacity) < n:  # far from fitting: skip the real passes
+    if 3 * cap1 < n:  # far from fitting (the dot pass rarely holds twice the cross pass's bits)
         return None
     stream = np.concatenate([side_lsb, payload_bits]).astype(cross.u.dtype)
     n1, tried = min(cap1, -(-n // 2)), set()
@@ -506,7 +412,7 @@ def _try(ph0, shape, cross, dot0, T, rng, layout, payload_bits, side_lsb):
             V2, k2, sel2 = _select(dot.key, plan2.eligible, plan2.carrier, n - n1)
             new2, map2 = _apply(dot, plan2, sel2, stream[n1:], T, rng)
             _write(ph, shape, 1, new2)
-            aux = _Aux(T, L, len(payload_bits) // 8, n1, ((V1, k1, map1), (V2, k2, map2)))
+            aux = Aux(T, L, len(payload_bits) // 8, n1, ((V1, k1, map1), (V2, k2, map2)))
             return ph, aux.encode()
         more = min(cap1, n - cap2 + 64)
         n1 = more if more > n1 and more not in tried else min(cap1, n)
@@ -529,19 +435,19 @@ def capacity(X0: np.ndarray, rng: Range, T: int, side_bits: int = 8 * 32) -> int
     return plan1.capacity + _plan(_pass(ph, shape, 1, rng, layout.near), T, rng).capacity
 
 
-def read_side_information(Xm: np.ndarray, rng: Range) -> _Aux:
+def read_side_information(Xm: np.ndarray, rng: Range) -> Aux:
     """The side information (NotEmbedded when there is none, Damaged when it is cut)."""
     if Xm.shape[1] < MIN_SIZE or Xm.shape[2] < MIN_SIZE:
         raise NotEmbedded("the image is too small to carry anything")
     flat = Xm.reshape(-1)
     head = np.packbits(_lsb_bits(Xm, _side_positions(flat, rng, 8 * _HEAD))).tobytes()
-    L = _Aux.side_bits(head)
+    L = Aux.side_bits(head)
     if L > flat.size:
         raise Damaged("the side information claims more pixels than there are")
     side = _side_positions(flat, rng, L)
     if len(side) < L:
         raise Damaged("the side information claims more pixels than there are")
-    return _Aux.decode(np.packbits(_lsb_bits(Xm, side)).tobytes())
+    return Aux.decode(np.packbits(_lsb_bits(Xm, side)).tobytes())
 
 
 def extract(Xm: np.ndarray, rng: Range) -> tuple[bytes, np.ndarray, int]:
@@ -557,7 +463,7 @@ def extract(Xm: np.ndarray, rng: Range) -> tuple[bytes, np.ndarray, int]:
     bits = {}
     for parity, (V, k, packed), count in ((1, aux.passes[1], n - aux.n1), (0, aux.passes[0], aux.n1)):
         p = _pass(ph, shape, parity, rng, layout.near)
-        sel = _prefix(p.key, _eligible(p, aux.T, _unpack_map(packed, len(p.u)), rng), V, k)
+        sel = _prefix(p.key, _eligible(p, aux.T, unpack_map(packed, len(p.u)), rng), V, k)
         new, got = _invert(p, aux.T, sel, rng)
         if len(got) != count:
             raise Damaged("a pass carries another number of bits than its side information says")
