@@ -350,10 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_keys import add_parser as add_keys_parser
     from .cli_process import add_command as add_process_command
     from .cli_protect import add_commands  # decrypt, inspect
+    from .cli_reveal import add_command as add_reveal_command
 
     add_keys_parser(sub, with_config)
     add_commands(sub, with_config)
     add_process_command(sub, with_config)
+    add_reveal_command(sub, with_config)
     return p
 
 

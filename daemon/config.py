@@ -419,6 +419,7 @@ def _resolve_plugins(data: dict, registry: Registry, loaded: Loaded) -> list[tup
                         errors.append((("routes", i, "match", key),
                                        f"unknown DICOM keyword or transport fact {key!r}"))
             specs: list[StageSpec] = []
+            places: list[tuple] = []
             pipeline = route.get("pipeline") or []
             if isinstance(pipeline, list):
                 for j, step in enumerate(pipeline):
@@ -433,6 +434,7 @@ def _resolve_plugins(data: dict, registry: Registry, loaded: Loaded) -> list[tup
                     if opts is not None:
                         cls = registry.stages[stage_name].cls
                         specs.append(StageSpec(stage_name, cls, opts))
+                        places.append(loc + (stage_name,))
                         try:
                             uses = cls.key_uses(opts)
                         except Exception as exc:  # a plugin's bug: say where
@@ -441,6 +443,9 @@ def _resolve_plugins(data: dict, registry: Registry, loaded: Loaded) -> list[tup
                             continue
                         errors.extend(check_uses(stage_name, uses, loaded.keys, configured_keys,
                                                  loc + (stage_name,)))
+                for n, spec in enumerate(specs):  # what a stage requires of the stages after it
+                    later = [(s.name, s.cls, s.options) for s in specs[n + 1:]]
+                    errors.extend((places[n], msg) for msg in spec.cls.check_pipeline(spec.options, later))
             to = route.get("to") or []
             if isinstance(to, list) and isinstance(dests, dict):
                 for k, dest in enumerate(to):

@@ -67,6 +67,9 @@ class Stage(_Contribution):
     #: ``batch_size`` at a time, and waits up to ``max_wait_ms`` to fill a batch (give the
     #: stage :class:`BatchOptions`; without them: the objects one worker took together).
     batching: ClassVar[bool] = False
+    #: set True when the stage re-encodes pixel data lossily (a stage that hides data in
+    #: the pixels refuses to be followed by one: :meth:`check_pipeline`)
+    lossy: ClassVar[bool] = False
 
     def __init__(self, options: Options):
         self.options = options
@@ -87,6 +90,11 @@ class Stage(_Contribution):
     def max_wait(self) -> float:
         """Seconds a worker may wait for more objects to fill this stage's batches."""
         return float(getattr(self.options, "max_wait_ms", 0) or 0) / 1000 if self.batching else 0.0
+    @classmethod
+    def check_pipeline(cls, options: Options, following: list) -> list[str]:
+        """Config errors about the stages after this one in its route (``following``:
+        (name, class, options) in order); e.g. a lossy stage after ``embed``."""
+        return []
 
     def process(self, item: "Item") -> "Item":
         raise NotImplementedError

@@ -21,6 +21,7 @@ DEFAULT_PLUGINS = (
     "pacsguard.plugins.encryption",
     "pacsguard.plugins.decoders",
     "pacsguard.plugins.deidentify",
+    "pacsguard.plugins.stego",
 )
 
 ENTRY_POINT_GROUP = "pacsguard"

@@ -199,9 +199,9 @@ def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
         key: str
 
     class Embed(Stage):
-        name = "embed"
+        name = "acme-embed"
         Options = EmbedOptions
-        inverse = "reveal"
+        inverse = "acme-reveal"
 
         def process(self, item):
             assert "deidentify" in item.results and self.options.key
@@ -210,7 +210,7 @@ def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
             return item
 
     class Reveal(Stage):
-        name = "reveal"
+        name = "acme-reveal"
 
         def process(self, item):
             assert item.dataset.ImageComments == "embedded"  # read back from embed's output file
@@ -231,6 +231,12 @@ def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
             for cls in (Embed, Reveal, Mystery):
                 register(cls)
 
+    # a forward stage and its inverse, watched like embed / reveal (which are built in now)
+    monkeypatch.setitem(stages.WATCHED, "acme-embed", ("deidentify",))
+    monkeypatch.setitem(stages.WATCHED, "acme-reveal", ("deidentify", "acme-embed"))
+    monkeypatch.setitem(stages.INVERSES, "acme-reveal", "acme-embed")
+    monkeypatch.setitem(__import__("tests.benchmarks.contenders", fromlist=["x"]).STAGE_OPTION_CANDIDATES,
+                        "acme-embed", [{}, {"key": "{secret}"}])
     ct = corpus.clone_series(tmp_path / "ct", 3, size=64)
     from pacsguard.daemon.keys import Key, secret_key_id
 
@@ -238,12 +244,12 @@ def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
     keys = {"secret": "bench-secret"}  # option placeholders name keys of the store
     store = {"bench-secret": Key("bench-secret", "secret", secret_key_id(secret), "test", secret=secret)}
     out = stages.run(ct, [], keys, store=store, extra_plugins=(Plugin(),))
-    for name in ("deidentify", "embed", "reveal", "mystery-gpu-decode", "set-attributes"):
+    for name in ("deidentify", "acme-embed", "acme-reveal", "mystery-gpu-decode", "set-attributes"):
         assert out[name]["present"] and out[name]["status"] == "ok", (name, out[name])
         assert out[name]["ct"]["ok"] == 3 and _positive(out[name]["ct"]["process_ms_p50"])
-    assert out["embed"]["options"] == {"key": "bench-secret"}
+    assert out["acme-embed"]["options"] == {"key": "bench-secret"}
     assert out["deidentify"]["plugin"] == "pacsguard.plugins.deidentify"
     # encrypt is built in and names a key: without a key store it is not benchmarked
     assert out["encrypt"]["present"] and out["encrypt"]["status"] == "not benchmarked"
     assert "not in the benchmark's key store" in out["encrypt"]["reason"]
-    assert calls.count("reveal") == 3
+    assert calls.count("acme-reveal") == 3

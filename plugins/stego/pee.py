@@ -1,0 +1,490 @@
+"""Reversible data hiding: prediction-error expansion (PEE), numpy-vectorized.
+
+The pixels are planes of integers (frames x samples, rows, columns: one plane per frame
+and colour channel), values in a stored range ``lo..hi``. Each pixel not on a plane's
+edge is predicted by the rhombus mean of its four neighbours, ``p = floor((up + down +
+left + right) / 4)``, in two checkerboard passes: the cross pixels (row + column even)
+first, then the dot pixels (odd) from the changed cross pixels, so a pass never changes
+its own predictors, and extraction undoes the dot pass, then the cross pass. For the
+prediction error ``e = u - p`` and the threshold ``T``:
+
+- ``-T <= e < T``: expanded, ``e' = 2e + b`` (one payload bit ``b``);
+- ``e >= T``: shifted, ``e' = e + T``; ``e < -T``: ``e' = e - T``.
+
+So no pixel moves by more than ``T``; extraction reads ``b = e' mod 2`` back and inverts
+exactly. Which pixels: smooth ones first. Each pass's candidates are ordered by the
+variance of their four neighbours (which the pass does not change, so extraction
+computes the same order), ties in a fixed order (per phase of the checkerboard, plane by
+plane, raster); the pass uses the shortest prefix of that order that holds its bits,
+written as (V, k): every candidate of variance < V, and the first k of variance == V.
+The bits go into the prefix in the fixed order. The smallest threshold that fits is
+chosen, the bits split about evenly between the passes.
+
+Padding (PixelPaddingValue, up to PixelPaddingRangeLimit): a value whose half (``v >>
+1``) is a padding value's half is never changed. Overflow and underflow: a pixel whose
+change could leave the stored range (0..2^BitsStored-1 or the signed range) or make
+padding, for either bit, is never changed either ("unsafe", judged on its value and its
+error). Extraction sees the same predictions, so a marked pixel that looks safe was
+eligible; one that looks unsafe was either left so or changed into that state: the
+location map lists, among the candidates that look unsafe after the pass, those that
+were changed (ranks, delta-coded, zlib-compressed; usually none or a few, and saturated
+regions cost nothing).
+
+The side information (threshold, the (V, k) pairs, the location maps, the lengths) goes
+into the least significant bits of the first L non-padding pixels in raster order (plane
+by plane); those pixels and their four neighbours are no pass's targets, so no
+prediction sees them change. Their original least significant bits are the first L bits
+of the PEE stream, and extraction puts them back. Its layout: :mod:`.sideinfo`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .sideinfo import Aux, Damaged, NotEmbedded, pack_map, unpack_map  # noqa: F401 (re-exported)
+
+MIN_SIZE = 3  # rows and columns: one pixel with four neighbours
+_HEAD = 24  # bytes: enough for the magic, T and L
+_CLIP = 8191  # neighbour differences in the variance: int32 holds 4 x 3 x 8191^2
+
+
+class NoCapacity(Exception):
+    """The payload does not fit: ``needed`` bits (the payload's and the side
+    information's) and ``available`` bits, and why."""
+
+    def __init__(self, needed: int, available: int, why: str):
+        super().__init__(f"needs {needed} bits, {available} available ({why})")
+        self.needed, self.available, self.why = needed, available, why
+
+
+@dataclass(frozen=True)
+class Range:
+    """The stored value range and the padding values (never changed)."""
+
+    lo: int
+    hi: int
+    pad_lo: int | None = None
+    pad_hi: int | None = None
+
+    @classmethod
+    def stored(cls, bits_stored: int, signed: bool, padding: tuple[int, int] | None = None) -> "Range":
+        lo, hi = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+        if padding is None:
+            return cls(lo, hi)
+        return cls(lo, hi, min(padding), max(padding))
+
+    @property
+    def bits(self) -> int:
+        return (self.hi - self.lo).bit_length()
+
+    def padding(self, v: np.ndarray) -> np.ndarray | None:
+        """Where ``v`` is padding, judged on ``v >> 1`` (so replacing a least significant
+        bit never makes or unmakes padding); None when there is none."""
+        if self.pad_lo is None:
+            return None
+        half = v >> 1
+        return (half >= self.pad_lo >> 1) & (half <= self.pad_hi >> 1)
+
+
+# -- geometry ------------------------------------------------------------------------------
+def _side_positions(flat: np.ndarray, rng: Range, n: int) -> np.ndarray:
+    """The flat indices of the first ``n`` non-padding pixels (fewer when there are not)."""
+    if rng.pad_lo is None:
+        return np.arange(min(n, flat.size))
+    found, start, chunk = [], 0, max(4096, 4 * n)
+    while start < flat.size and sum(len(f) for f in found) < n:
+        part = flat[start:start + chunk]
+        found.append(start + np.flatnonzero(~rng.padding(part)))
+        start += chunk
+    return np.concatenate(found)[:n] if found else np.zeros(0, np.int64)
+
+
+def _near(shape: tuple, side: np.ndarray) -> np.ndarray:
+    """The side-information pixels and their four neighbours, as a mask of the planes."""
+    planes, rows, cols = shape
+    mask = np.zeros(shape, bool)
+    p, rc = np.divmod(side, rows * cols)
+    r, c = np.divmod(rc, cols)
+    for dr, dc in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+        rr, cc = r + dr, c + dc
+        ok = (rr >= 0) & (rr < rows) & (cc >= 0) & (cc < cols)
+        mask[p[ok], rr[ok], cc[ok]] = True
+    return mask
+
+
+_PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def _split(X: np.ndarray, dtype) -> dict:
+    """The four polyphase components (row parity, column parity), contiguous: the
+    neighbours of a pass's targets are then contiguous slices of the other two."""
+    return {(ro, co): np.ascontiguousarray(X[:, ro::2, co::2], dtype=dtype) for ro, co in _PHASES}
+
+
+def _merge(ph: dict, X: np.ndarray) -> None:
+    for (ro, co), a in ph.items():
+        X[:, ro::2, co::2] = a
+
+
+def _grids(shape: tuple, parity: int):
+    """For the pass of ``parity`` (0: row + column even), per target phase: the phase,
+    the targets' slices (every pixel off the edges) and, per neighbour (up, down, left,
+    right), its phase and slices, all of one shape."""
+    _, rows, cols = shape
+    out = []
+    for ro, co in (((0, 0), (1, 1)) if parity == 0 else ((0, 1), (1, 0))):
+        # targets: row 2i + ro in 1 .. rows - 2, column 2j + co in 1 .. cols - 2
+        ni = max(0, (rows - 2) // 2 if ro == 0 else (rows - 1) // 2)
+        nj = max(0, (cols - 2) // 2 if co == 0 else (cols - 1) // 2)
+        I, J = slice(1 - ro, 1 - ro + ni), slice(1 - co, 1 - co + nj)
+        near, far = slice(0, ni), slice(1, 1 + ni)
+        left, right = slice(0, nj), slice(1, 1 + nj)
+        out.append(((ro, co), (I, J), ((1 - ro, co), (near, J)), ((1 - ro, co), (far, J)),
+                    ((ro, 1 - co), (I, left)), ((ro, 1 - co), (I, right))))
+    return out
+
+
+@dataclass
+class _Pass:
+    """One pass's candidates, in the fixed order: value, prediction, error, order key."""
+
+    parity: int
+    u: np.ndarray
+    pred: np.ndarray
+    e: np.ndarray
+    key: np.ndarray
+    valid: np.ndarray  # not padding, not side information or next to it
+
+
+def _pass(ph: dict, shape: tuple, parity: int, rng: Range, near: dict) -> _Pass:
+    grids = _grids(shape, parity)
+    sizes = [ph[phase][:, I, J].size for phase, (I, J), *_ in grids]
+    dtype = ph[(0, 0)].dtype
+    u, pred, key = (np.empty(sum(sizes), dt) for dt in (dtype, dtype, np.int32))
+    excluded = np.empty(sum(sizes), bool)
+    pos = 0
+    for n, (phase, (I, J), *nbs) in zip(sizes, grids):
+        a, b, c, d = (ph[q][:, rows, cols] for q, (rows, cols) in nbs)
+        out = slice(pos, pos + n)
+        u[out] = ph[phase][:, I, J].reshape(-1)
+        excluded[out] = near[phase][:, I, J].reshape(-1)
+        total = a + b + c + d
+        pred[out] = (total >> 2).reshape(-1)
+        key[out] = _variance(a, b, c, d).reshape(-1)
+        pos += n
+    pad = rng.padding(u)
+    valid = ~excluded if pad is None else ~(excluded | pad)
+    return _Pass(parity, u, pred, u - pred, key, valid)
+
+
+def _variance(a, b, c, d) -> np.ndarray:
+    """16 x the variance of the four neighbours, in int32: 4 (db^2 + dc^2 + dd^2) -
+    (db + dc + dd)^2 with the differences to ``a`` clipped to +-8191 (exact for every
+    neighbourhood whose values lie within 8191 of ``a``, which is where the smooth pixels
+    are; rougher ones saturate, which only ties them at the end of the order)."""
+    diffs = []
+    for x in (b, c, d):
+        dx = (x - a).astype(np.int32, copy=False)
+        np.clip(dx, -_CLIP, _CLIP, out=dx)
+        diffs.append(dx)
+    db, dc, dd = diffs
+    s = db + dc + dd
+    sq = db * db
+    sq += dc * dc
+    sq += dd * dd
+    sq *= 4
+    s *= s
+    sq -= s
+    return sq
+
+
+def _write(ph: dict, shape: tuple, parity: int, values: np.ndarray) -> None:
+    pos = 0
+    for phase, (I, J), *_ in _grids(shape, parity):
+        view = ph[phase][:, I, J]
+        n = view.size
+        view[...] = values[pos:pos + n].reshape(view.shape)
+        pos += n
+
+
+def _dtype(rng: Range):
+    """int32 where four values and a threshold cannot overflow it."""
+    return np.int32 if rng.bits <= 28 else np.int64
+
+
+# -- one pass: plan, select, apply, invert ------------------------------------------------
+def _changes(u: np.ndarray, e: np.ndarray, T: int):
+    """(expandable, the new value for bit 0, for bit 1) of values ``u`` with errors ``e``."""
+    inner = (e >= -T) & (e < T)
+    new0 = u + np.minimum(np.maximum(e, -T), T)  # expanded: u + e (+ b); shifted: u +- T
+    return inner, new0, new0 + inner
+
+
+def _unsafe(u: np.ndarray, e: np.ndarray, T: int, rng: Range) -> np.ndarray:
+    """Where changing a value ``u`` of error ``e`` could leave the range or make padding:
+    such a pixel is never changed."""
+    _, new0, new1 = _changes(u, e, T)
+    bad = (new0 < rng.lo) | (new1 > rng.hi)
+    if rng.pad_lo is not None:
+        bad |= rng.padding(new0) | rng.padding(new1)
+    return bad
+
+
+@dataclass
+class _Plan:
+    inner: np.ndarray  # expandable error
+    new0: np.ndarray  # the new value for bit 0 (a shifted pixel: its new value)
+    eligible: np.ndarray  # may change: a candidate outside the zone
+    carrier: np.ndarray  # can carry a bit
+
+    @property
+    def capacity(self) -> int:
+        return int(np.count_nonzero(self.carrier))
+
+
+def _plan(p: _Pass, T: int, rng: Range) -> _Plan:
+    inner, new0, new1 = _changes(p.u, p.e, T)
+    bad = (new0 < rng.lo) | (new1 > rng.hi)
+    if rng.pad_lo is not None:
+        bad |= rng.padding(new0) | rng.padding(new1)
+    eligible = p.valid & ~bad
+    return _Plan(inner, new0, eligible, eligible & inner)
+
+
+def _select(key: np.ndarray, eligible: np.ndarray, carrier: np.ndarray, n: int) -> tuple[int, int, np.ndarray]:
+    """The shortest prefix of the order holding ``n`` carriers: (V, k, its mask)."""
+    if n == 0:
+        return 0, 0, np.zeros(len(key), bool)
+    V = int(np.partition(key[carrier], n - 1)[n - 1])
+    sel = eligible & (key < V)
+    need = n - int(np.count_nonzero(carrier & sel))
+    eq = np.flatnonzero(eligible & (key == V))
+    k = int(np.searchsorted(np.cumsum(carrier[eq]), need)) + 1
+    sel[eq[:k]] = True
+    return V, k, sel
+
+
+def _prefix(key: np.ndarray, eligible: np.ndarray, V: int, k: int) -> np.ndarray:
+    sel = eligible & (key < V)
+    eq = np.flatnonzero(eligible & (key == V))
+    if k > len(eq):
+        raise Damaged("the prefix of a pass is longer than its candidates")
+    sel[eq[:k]] = True
+    return sel
+
+
+def _apply(p: _Pass, plan: _Plan, sel: np.ndarray, bits: np.ndarray, T: int, rng: Range) -> tuple[np.ndarray, bytes]:
+    """The pass's new values and its location map: which of the candidates that look
+    unsafe after the pass (as extraction sees them) were changed rather than left."""
+    new = np.where(sel, plan.new0, p.u)
+    new[np.flatnonzero(sel & plan.carrier)] += bits
+    unsafe = p.valid & _unsafe(new, new - p.pred, T, rng)
+    return new, pack_map(np.flatnonzero(sel[unsafe]))
+
+
+def _eligible(p: _Pass, T: int, landed: np.ndarray, rng: Range) -> np.ndarray:
+    """The candidates that were eligible at embedding, from the marked values and the map:
+    one that looks safe was (a value left as it was is eligible exactly when it is safe),
+    one that looks unsafe was when the map lists it."""
+    zone = np.flatnonzero(p.valid & _unsafe(p.u, p.e, T, rng))
+    if len(landed) and landed[-1] >= len(zone):
+        raise Damaged("the location map points past the pixels it can name")
+    eligible = p.valid.copy()
+    eligible[zone] = False
+    eligible[zone[landed]] = True
+    return eligible
+
+
+def _invert(p: _Pass, T: int, sel: np.ndarray, rng: Range) -> tuple[np.ndarray, np.ndarray]:
+    """(the original values of the pass's candidates, the bits they carried)."""
+    ep = p.e
+    inner = (ep >= -2 * T) & (ep < 2 * T)
+    bits = (ep[sel & inner] & 1).astype(np.uint8)
+    e = np.where(inner, ep >> 1, np.where(ep >= 2 * T, ep - T, ep + T))
+    new = np.where(sel, p.pred + e, p.u)
+    if bool(_unsafe(new[sel], e[sel], T, rng).any()):
+        raise Damaged("a restored value could not have been changed (near a range end or padding)")
+    return new, bits
+
+
+# -- embedding and extraction -------------------------------------------------------------
+@dataclass
+class Embedded:
+    """The marked planes and what it cost."""
+
+    planes: np.ndarray
+    threshold: int
+    side_bits: int  # L: the side information's pixels
+
+
+def _estimate_start(cross: _Pass, n: int, lo_t: int, hi_t: int) -> int:
+    """Where the exact search starts: the threshold below the smallest at which twice the
+    cross pass's expandable count reaches ``n`` (the dot pass holds about as much)."""
+    e = np.clip(cross.e[cross.valid], -hi_t - 1, hi_t)
+    cs = np.concatenate([[0], np.cumsum(np.bincount(e + hi_t + 1, minlength=2 * hi_t + 2))])
+    for T in range(lo_t, hi_t + 1):
+        # -T <= e < T: bins -T + hi_t + 1 .. T - 1 + hi_t + 1
+        if 2 * (cs[T + hi_t + 1] - cs[-T + hi_t + 1]) >= n:
+            return max(lo_t, T - 1)
+    return hi_t
+
+
+class _Layout:
+    """The side information's pixels (the first ``L`` non-padding ones) and the passes'
+    exclusion mask, for one L."""
+
+    def __init__(self, X: np.ndarray, rng: Range, L: int):
+        self.side = _side_positions(X.reshape(-1), rng, L)
+        self.near = _split(_near(X.shape, self.side), bool)
+
+
+def _lsb_bits(X: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return (X.reshape(-1)[positions] & 1).astype(np.uint8)
+
+
+def embed(X0: np.ndarray, payload: bytes, rng: Range, *, min_threshold: int = 1,
+          max_threshold: int = 32) -> Embedded:
+    """Embed ``payload`` into ``X0`` (integer planes, not changed); NoCapacity when it
+    does not fit at any threshold from ``min_threshold`` up to ``max_threshold``."""
+    payload_bits = np.unpackbits(np.frombuffer(payload, np.uint8))
+    shape = X0.shape
+    if shape[1] < MIN_SIZE or shape[2] < MIN_SIZE:
+        raise NoCapacity(len(payload_bits), 0, f"the image is smaller than {MIN_SIZE}x{MIN_SIZE} pixels")
+    if X0.size and (int(X0.min()) < rng.lo or int(X0.max()) > rng.hi):
+        raise ValueError("pixel values outside the stored range")
+    ph0 = _split(X0, _dtype(rng))
+    L, layout, cross = 8 * 32, None, None
+    T = None
+    while True:
+        if layout is None or len(layout.side) != L:
+            layout = _Layout(X0, rng, L)
+            if len(layout.side) < L:
+                raise NoCapacity(len(payload_bits) + L, 0, "no room for the side information")
+            cross = _pass(ph0, shape, 0, rng, layout.near)
+            if T is None:
+                T = _estimate_start(cross, len(payload_bits) + L, min_threshold, max_threshold)
+        if T > max_threshold:
+            break
+        done = _try(ph0, shape, cross, T, rng, layout, payload_bits, _lsb_bits(X0, layout.side))
+        if done is None:
+            T += 1
+            continue
+        ph, aux = done
+        aux_bits = np.unpackbits(np.frombuffer(aux, np.uint8))
+        if len(aux_bits) > L:
+            L = len(aux_bits) + 16
+            continue
+        X = X0.copy()
+        _merge(ph, X)
+        flat = X.reshape(-1)
+        bits = np.zeros(L, X.dtype)
+        bits[:len(aux_bits)] = aux_bits
+        flat[layout.side] = (flat[layout.side] & ~1) | bits
+        return Embedded(X, T, L)
+    tried = {min_threshold, max_threshold} | {t for t in (1, 2, 4, 8, 16, 32, 64) if min_threshold < t < max_threshold}
+    available = max(capacity(X0, rng, t, L) for t in tried)
+    raise NoCapacity(len(payload_bits) + L, available,
+                     f"reversible, thresholds up to {max_threshold}; {L} of the bits needed are side information")
+
+
+def _try(ph0, shape, cross, T, rng, layout, payload_bits, side_lsb):
+    L = len(layout.side)
+    n = L + len(payload_bits)
+    plan1 = _plan(cross, T, rng)
+    cap1 = plan1.capacity
+    if 3 * cap1 < n:  # far from fitting (the dot pass rarely holds twice the cross pass's bits)
+        return None
+    stream = np.concatenate([side_lsb, payload_bits]).astype(cross.u.dtype)
+    n1, tried = min(cap1, -(-n // 2)), set()
+    while n1 not in tried:  # about half in each pass; when the dot pass holds less, more in the cross pass
+        tried.add(n1)
+        V1, k1, sel1 = _select(cross.key, plan1.eligible, plan1.carrier, n1)
+        new1, map1 = _apply(cross, plan1, sel1, stream[:n1], T, rng)
+        ph = {q: a.copy() for q, a in ph0.items()}
+        _write(ph, shape, 0, new1)
+        dot = _pass(ph, shape, 1, rng, layout.near)
+        plan2 = _plan(dot, T, rng)
+        cap2 = plan2.capacity
+        if cap2 >= n - n1:
+            V2, k2, sel2 = _select(dot.key, plan2.eligible, plan2.carrier, n - n1)
+            new2, map2 = _apply(dot, plan2, sel2, stream[n1:], T, rng)
+            _write(ph, shape, 1, new2)
+            aux = Aux(T, L, len(payload_bits) // 8, n1, ((V1, k1, map1), (V2, k2, map2)))
+            return ph, aux.encode()
+        more = min(cap1, n - cap2 + 64)
+        n1 = more if more > n1 and more not in tried else min(cap1, n)
+    return None
+
+
+def capacity(X0: np.ndarray, rng: Range, T: int, side_bits: int = 8 * 32) -> int:
+    """Bits the two passes hold at threshold ``T`` (the cross pass filled first), with
+    ``side_bits`` pixels kept for the side information; its L bits are counted in."""
+    shape = X0.shape
+    if shape[1] < MIN_SIZE or shape[2] < MIN_SIZE:
+        return 0
+    layout = _Layout(X0, rng, side_bits)
+    ph = _split(X0, _dtype(rng))
+    cross = _pass(ph, shape, 0, rng, layout.near)
+    plan1 = _plan(cross, T, rng)
+    _, _, sel1 = _select(cross.key, plan1.eligible, plan1.carrier, plan1.capacity)
+    new1, _ = _apply(cross, plan1, sel1, np.zeros(plan1.capacity, cross.u.dtype), T, rng)
+    _write(ph, shape, 0, new1)
+    return plan1.capacity + _plan(_pass(ph, shape, 1, rng, layout.near), T, rng).capacity
+
+
+def read_side_information(Xm: np.ndarray, rng: Range) -> Aux:
+    """The side information (NotEmbedded when there is none, Damaged when it is cut)."""
+    if Xm.shape[1] < MIN_SIZE or Xm.shape[2] < MIN_SIZE:
+        raise NotEmbedded("the image is too small to carry anything")
+    flat = Xm.reshape(-1)
+    head = np.packbits(_lsb_bits(Xm, _side_positions(flat, rng, 8 * _HEAD))).tobytes()
+    L = Aux.side_bits(head)
+    if L > flat.size:
+        raise Damaged("the side information claims more pixels than there are")
+    side = _side_positions(flat, rng, L)
+    if len(side) < L:
+        raise Damaged("the side information claims more pixels than there are")
+    return Aux.decode(np.packbits(_lsb_bits(Xm, side)).tobytes())
+
+
+def extract(Xm: np.ndarray, rng: Range) -> tuple[bytes, np.ndarray, int]:
+    """(the payload, the original planes, the threshold) from marked planes ``Xm`` (not
+    changed). NotEmbedded when they carry nothing, Damaged when they disagree with it."""
+    aux = read_side_information(Xm, rng)
+    shape = Xm.shape
+    layout = _Layout(Xm, rng, aux.L)
+    ph = _split(Xm, _dtype(rng))
+    n = aux.L + 8 * aux.length
+    if aux.n1 > n:
+        raise Damaged("the side information is inconsistent")
+    bits = {}
+    for parity, (V, k, packed), count in ((1, aux.passes[1], n - aux.n1), (0, aux.passes[0], aux.n1)):
+        p = _pass(ph, shape, parity, rng, layout.near)
+        sel = _prefix(p.key, _eligible(p, aux.T, unpack_map(packed, len(p.u)), rng), V, k)
+        new, got = _invert(p, aux.T, sel, rng)
+        if len(got) != count:
+            raise Damaged("a pass carries another number of bits than its side information says")
+        _write(ph, shape, parity, new)
+        bits[parity] = got
+    X = Xm.copy()
+    _merge(ph, X)
+    flat = X.reshape(-1)
+    stream = np.concatenate([bits[0], bits[1]])
+    flat[layout.side] = (flat[layout.side] & ~1) | stream[:aux.L]
+    return np.packbits(stream[aux.L:]).tobytes(), X, aux.T
+
+
+def distortion(before: np.ndarray, after: np.ndarray, rng: Range) -> dict:
+    """Max absolute change and PSNR against the image's own dynamic range (max - min of
+    its values, padding aside), not against 2^BitsStored - 1."""
+    diff = after - before  # both in the stored range: no overflow in their type
+    changed = diff[diff != 0].astype(np.int64)
+    content = before if rng.pad_lo is None else before[~rng.padding(before)]
+    span = int(content.max()) - int(content.min()) if content.size else 0
+    mse = float((changed * changed).sum()) / diff.size if diff.size else 0.0
+    psnr = None if mse == 0 else round(10 * math.log10(max(span, 1) ** 2 / mse), 2)
+    return {"max_abs_change": int(np.abs(changed).max()) if changed.size else 0, "psnr_db": psnr,
+            "dynamic_range": span, "pixels_changed": int(changed.size)}
