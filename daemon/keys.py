@@ -102,3 +102,14 @@ class KeyUse:
     types: frozenset
     private: bool = False
     certificate: bool = False
+
+
+def loaded(keys, names) -> list:
+    """The loaded keys ``names`` of a key mapping (``item.keys``), in order; a
+    :class:`QuarantineError` naming the first one that is not loaded."""
+    from .errors import QuarantineError
+
+    try:
+        return [keys[n] for n in names]
+    except KeyError as exc:
+        raise QuarantineError(f"key {exc.args[0]!r} is not loaded in the key store") from None

@@ -12,7 +12,7 @@ from pydicom.tag import Tag
 
 from pacsguard.daemon.errors import QuarantineError
 from pacsguard.daemon.extension import Options, Stage
-from pacsguard.daemon.keys import KeyUse
+from pacsguard.daemon.keys import KeyUse, loaded
 
 from . import attributes, pixels, sealed
 from .envelope import WRAP_TYPES
@@ -77,13 +77,6 @@ class DecryptOptions(Options):
         return [self.key] if self.key else list(self.keys)
 
 
-def _loaded(item, names: list[str]) -> list:
-    try:
-        return [item.keys[n] for n in names]
-    except KeyError as exc:
-        raise QuarantineError(f"key {exc.args[0]!r} is not loaded in the key store") from None
-
-
 class Encrypt(Stage):
     """Encrypt pixel data, attributes or the whole file for named recipients."""
 
@@ -98,7 +91,7 @@ class Encrypt(Stage):
                 for i, n in enumerate(options.recipients)]
 
     def process(self, item):
-        recipients = _loaded(item, self.options.recipients)
+        recipients = loaded(item.keys, self.options.recipients)
         scope = self.options.scope
         if item.sealed:
             raise QuarantineError("the object is already sealed whole: no stage can change it")
@@ -156,7 +149,7 @@ class Decrypt(Stage):
         return [KeyUse(f"keys[{i}]", n, types, private=True, certificate=cms) for i, n in enumerate(options.keys)]
 
     def process(self, item):
-        keys = _loaded(item, self.options.names)
+        keys = loaded(item.keys, self.options.names)
         if self.options.scope == "pixels":
             pixels.decrypt(item.dataset, keys)
         else:

@@ -13,7 +13,7 @@ from pydicom.tag import Tag
 
 from pacsguard.daemon.errors import QuarantineError
 from pacsguard.daemon.extension import Options, Stage
-from pacsguard.daemon.keys import KeyUse
+from pacsguard.daemon.keys import KeyUse, loaded
 from pacsguard.plugins.encryption import attributes as encrypted_attributes
 from pacsguard.plugins.encryption.envelope import WRAP_TYPES
 from pacsguard.plugins.encryption.stages import _keyword, deidentify_originals
@@ -74,13 +74,6 @@ class RevealOptions(Options):
         return [self.key] if self.key else list(self.keys)
 
 
-def _loaded(item, names: list[str]) -> list:
-    try:
-        return [item.keys[n] for n in names]
-    except KeyError as exc:
-        raise QuarantineError(f"key {exc.args[0]!r} is not loaded in the key store") from None
-
-
 class Embed(Stage):
     """Hide the patient data in the pixels, encrypted for re-identification key holders."""
 
@@ -102,7 +95,7 @@ class Embed(Stage):
                 for name in lossy]
 
     def process(self, item):
-        recipients = _loaded(item, self.options.recipients)
+        recipients = loaded(item.keys, self.options.recipients)
         if item.sealed:
             raise QuarantineError("the object is already sealed whole: no stage can change it")
         image.check_supported(item.header)
@@ -160,6 +153,6 @@ class Reveal(Stage):
         return [KeyUse(f"keys[{i}]", n, WRAP_TYPES, private=True) for i, n in enumerate(options.keys)]
 
     def process(self, item):
-        keys = _loaded(item, self.options.names)
+        keys = loaded(item.keys, self.options.names)
         item.results["reveal"] = embedding.reveal(item.dataset, item.pixels(), keys)
         return item
