@@ -252,17 +252,24 @@ def cmd_echo(args) -> int:
     return EXIT_OK
 
 
-def _files(paths) -> tuple[list[Path], list[str]]:
-    files, missing = [], []
+def _inputs(paths) -> tuple[list[tuple[Path, Path | None]], list[str]]:
+    """The files named on a command line, folders walked recursively: ([(file, the folder it
+    was found in, or None for a file named itself)], [names that do not exist])."""
+    jobs, missing = [], []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+            jobs.extend((f, p) for f in sorted(p.rglob("*")) if f.is_file())
         elif p.is_file():
-            files.append(p)
+            jobs.append((p, None))
         else:
             missing.append(raw)
-    return files, missing
+    return jobs, missing
+
+
+def _files(paths) -> tuple[list[Path], list[str]]:
+    jobs, missing = _inputs(paths)
+    return [f for f, _ in jobs], missing
 
 
 def cmd_send(args) -> int:

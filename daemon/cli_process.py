@@ -51,7 +51,7 @@ class _Progress:
 
 
 def cmd_process(args) -> int:
-    from .cli import _files, _load, _print_config_error, _registry
+    from .cli import _inputs, _load, _print_config_error, _registry
     from .errors import ConfigError, QuarantineError
     from .item import TransportFacts
     from .parsing import check_integrity, complete_file_meta, object_fault, read_header
@@ -71,17 +71,16 @@ def cmd_process(args) -> int:
         known = ", ".join(r.name for r in runtime.routes) or "none"
         print(f"pacsguard process: no route {args.route!r} in the config (routes: {known})", file=sys.stderr)
         return EXIT_USAGE
-    files, missing = _files(args.paths)
+    jobs, missing = _inputs(args.paths)
     for raw in missing:
         print(f"FAILED {raw}: no such file or folder", file=sys.stderr)
     out_root = Path(args.output)
-    roots = [Path(p) for p in args.paths if Path(p).is_dir()]
     pm, _ = _registry()
     processor = Processor(None, pm.hook, lambda: runtime, workers=0)
     facts = TransportFacts(source="offline", source_type="file")
-    progress = _Progress(len(files), not args.quiet)
+    progress = _Progress(len(jobs), not args.quiet)
     written, skipped, failures = 0, 0, []
-    for n, path in enumerate(files, start=1):
+    for n, (path, root) in enumerate(jobs, start=1):
         job = Job(n, path, path.stat().st_size, facts, "received")
         try:
             header = read_header(path)
@@ -98,7 +97,7 @@ def cmd_process(args) -> int:
             processor._run_stages([w])
             if w.failed is not None:
                 raise QuarantineError(w.failed[0])
-            target = _target(path, roots, out_root, w.item.output_suffix if w.item.sealed else "")
+            target = _target(path, root, out_root, w.item.output_suffix if w.item.sealed else "")
             target.parent.mkdir(parents=True, exist_ok=True)
             if w.item.modified:
                 w.item.write(target)
@@ -113,21 +112,14 @@ def cmd_process(args) -> int:
     for path, reason in failures:
         print(f"FAILED {path}: {reason}", file=sys.stderr)
     extra = f", {skipped} not matched by the route" if skipped else ""
-    print(f"{len(files)} input(s): {written} processed into {out_root}, {len(failures) + len(missing)} failed{extra}")
+    print(f"{len(jobs)} input(s): {written} processed into {out_root}, {len(failures) + len(missing)} failed{extra}")
     return EXIT_INVALID if failures or missing else EXIT_OK
 
 
-def _target(path: Path, roots: list[Path], out_root: Path, suffix: str) -> Path:
-    """``OUT/<path below its input folder>`` (a single file: ``OUT/<name>``), with the
-    output's suffix (``.pgenc`` for a sealed object)."""
-    rel = Path(path.name)
-    for root in roots:
-        try:
-            rel = path.relative_to(root)
-            break
-        except ValueError:
-            continue
-    target = out_root / rel
+def _target(path: Path, root: Path | None, out_root: Path, suffix: str) -> Path:
+    """``OUT/<path below the folder it was found in>`` (a file named itself: ``OUT/<name>``),
+    with the output's suffix (``.pgenc`` for a sealed object)."""
+    target = out_root / (path.relative_to(root) if root is not None else Path(path.name))
     if suffix and not target.name.endswith(suffix):
         target = target.with_name(target.name + suffix)
     return target

@@ -105,16 +105,12 @@ def cmd_decrypt(args) -> int:
         print(f"pacsguard decrypt: {exc}", file=sys.stderr)
         return EXIT_INVALID
     out = Path(args.output) if args.output else None
-    jobs, failed = [], 0
-    for raw in args.paths:
-        p = Path(raw)
-        if p.is_dir():
-            jobs.extend((f, p) for f in sorted(p.rglob("*")) if f.is_file())
-        elif p.is_file():
-            jobs.append((p, None))
-        else:
-            failed += 1
-            print(f"FAILED {raw}: no such file or folder", file=sys.stderr)
+    from .cli import _inputs
+
+    jobs, missing = _inputs(args.paths)
+    failed = len(missing)
+    for raw in missing:
+        print(f"FAILED {raw}: no such file or folder", file=sys.stderr)
     single = len(jobs) == 1 and jobs[0][1] is None
     done = 0
     for src, root in jobs:

@@ -51,19 +51,6 @@ def _item(path: Path, keys):
                 decode_pixels=pm.hook.pacsguard_decode_pixels)
 
 
-def _jobs(paths) -> tuple[list, list]:
-    jobs, missing = [], []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            jobs.extend((f, p) for f in sorted(p.rglob("*")) if f.is_file())
-        elif p.is_file():
-            jobs.append((p, None))
-        else:
-            missing.append(raw)
-    return jobs, missing
-
-
 def _target(src: Path, root: Path | None, out: Path | None, single: bool) -> Path:
     name = src.name if src.name.lower().endswith(".dcm") else src.name + ".dcm"
     if out is not None and single and not out.is_dir():
@@ -78,7 +65,7 @@ def _reason(exc) -> str:
 
 
 def cmd_reveal(args) -> int:
-    from .cli import _quiet_logging
+    from .cli import _inputs, _quiet_logging
     from .errors import QuarantineError
 
     _quiet_logging(args)
@@ -88,7 +75,7 @@ def cmd_reveal(args) -> int:
     except (ValueError, OSError) as exc:
         print(f"pacsguard reveal: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    jobs, missing = _jobs(args.paths)
+    jobs, missing = _inputs(args.paths)
     failed = len(missing)
     for raw in missing:
         print(f"FAILED {raw}: no such file or folder", file=sys.stderr)
