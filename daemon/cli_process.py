@@ -54,10 +54,13 @@ def cmd_process(args) -> int:
     from .cli import _inputs, _load, _print_config_error, _registry
     from .errors import ConfigError, QuarantineError
     from .item import TransportFacts
+    from .memory import tune_allocator
     from .parsing import check_integrity, complete_file_meta, object_fault, read_header
     from .pipeline import Processor, _Work
     from .router import select_routes
     from .runtime import build_runtime
+
+    tune_allocator()
     from .spool import Job
 
     try:

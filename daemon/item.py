@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from .errors import QuarantineError
@@ -135,6 +136,25 @@ class Item:
         """The suffix of the processed file: ``.dcm``, or :data:`SEALED_SUFFIX`."""
         return SEALED_SUFFIX if self._sealer is not None else ".dcm"
 
+    def load_pixel_data(self) -> None:
+        """Read the Pixel Data value now, if it is still deferred, with one read of the
+        received file (pydicom's own deferred read re-opens the file and parses the element
+        again: a quarter of a millisecond of a 512x512 slice). Stages that read or replace
+        the pixel data call this first; the default decoding path does."""
+        ds = self._take_dataset()
+        raw = ds.get_item(_PIXEL_DATA, keep_deferred=True) if _PIXEL_DATA in ds else None
+        if not isinstance(raw, RawDataElement) or raw.value is not None or raw.value_tell is None \
+                or raw.length in (None, _UNDEFINED) or ds.filename is None or Path(ds.filename) != self.path:
+            return
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and meta.get("TransferSyntaxUID") == _DEFLATED:
+            return  # its positions are in the inflated stream, not in the file
+        with open(self.path, "rb", buffering=0) as fh:
+            data = os.pread(fh.fileno(), raw.length, raw.value_tell)
+        if len(data) != raw.length:
+            raise QuarantineError("the received file ends inside its pixel data")
+        ds[_PIXEL_DATA] = raw._replace(value=data)
+
     def pixels(self):
         """Decoded pixel data (a numpy array), through the configured decoding path."""
         if self._decode_pixels is None:
@@ -190,6 +210,18 @@ class Item:
             except EOFError:
                 raise QuarantineError("the received file ends inside its pixel data") from None
 
+    def written_header(self) -> Dataset | None:
+        """After :meth:`write`, the header of what was written, for the delivery of that
+        file (so that it is not parsed again): this item's dataset, its Pixel Data dropped
+        (the item is finished; the memory goes now). None for a sealed object."""
+        ds = self._dataset
+        if ds is None or self._sealer is not None:
+            return None
+        if _PIXEL_DATA in ds:
+            del ds[_PIXEL_DATA]
+        self._dataset = None
+        return ds
+
     def _write_sealed(self, dest: Path) -> int:
         plain = self.path if self._seal_received else dest.with_name(dest.name + ".plain.part")
         try:
@@ -241,7 +273,8 @@ def _save(ds: Dataset, fh) -> None:
         ds.save_as(fh, enforce_file_format=bool(meta))
         return
     from pydicom.filebase import DicomFileLike
-    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    from .dicomwrite import write_dataset_fast, write_file_meta_fast
 
     for keyword in ("SOPClassUID", "SOPInstanceUID"):  # as dcmwrite: the meta follows the data set
         value = ds.get(keyword)
@@ -251,9 +284,9 @@ def _save(ds: Dataset, fh) -> None:
         ds["PixelData"].is_undefined_length = ts.is_compressed
     out = DicomFileLike(fh)
     out.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)
+    write_file_meta_fast(out, meta)
     out.is_implicit_VR, out.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
-    write_dataset(out, ds)
+    write_dataset_fast(out, ds)
 
 
 def _durably(dest: Path, fill) -> int:
@@ -309,6 +342,7 @@ HEADERS = HeaderCache()
 
 
 _UNDEFINED = UNDEFINED
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_DATA = PIXEL_DATA
 _LONG_HEADER_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 
@@ -328,7 +362,7 @@ def _raw_pixel_range(ds: Dataset, source: Path) -> tuple[int, int] | None:
         return None  # elements after the pixel data (padding, signatures): the slow path
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    if ts is None or ts == "1.2.840.10008.1.2.1.99" or not ts.is_transfer_syntax:
+    if ts is None or ts == _DEFLATED or not ts.is_transfer_syntax:
         return None
     implicit, little = ds.original_encoding
     if (ts.is_implicit_VR, ts.is_little_endian) != (implicit, little) \

@@ -296,6 +296,9 @@ class Processor:
                     if w.item.modified:
                         path = self.spool.out_path(job_id, w.route.name, w.item.output_suffix)
                         extra += w.item.write(path)
+                        header = w.item.written_header() if len(ws) == 1 and len(w.route.to) == 1 else None
+                        if header is not None:
+                            HEADERS.put(path, header)  # what was written: its delivery need not parse it
                     elif w.item._header is not None and len(ws) == 1 and len(w.route.to) == 1:
                         HEADERS.put(path, w.item._header)  # its one delivery need not parse it again
                     deliveries.extend((w.route.name, dest, path) for dest in w.route.to)

@@ -10,6 +10,7 @@ from .hookspecs import hookimpl
 @hookimpl(trylast=True)
 def pacsguard_decode_pixels(item):
     """Decode with pydicom's pixel backends; fail closed with a clear reason."""
+    item.load_pixel_data()
     ds = item.dataset
     check_pixel_geometry(ds)  # before a decoder trusts what a codestream declares
     try:

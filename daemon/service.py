@@ -20,6 +20,7 @@ import structlog
 from . import config as configmod
 from .errors import ConfigError
 from .logs import configure_logging, set_level
+from .memory import tune_allocator
 from .metrics import Metrics, MetricsServer
 from .notify import Notifier
 from .parsing import ParseLimits
@@ -128,6 +129,7 @@ class Service:
 
     def run(self) -> int:
         loaded = self.load()  # raises ConfigError: the CLI prints every error, exit 1
+        tune_allocator()
         cfg = loaded.config
         configure_logging(cfg.logging.level, cfg.logging.format, self.log_stream)
         self.loaded = loaded

@@ -215,6 +215,7 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
 
     from .config import load_config_text
     from .delivery import DeliveryManager
+    from .memory import tune_allocator
     from .logs import configure_logging
     from .parsing import ParseLimits
     from .pipeline import Processor
@@ -222,6 +223,7 @@ def child_main(conn, config_text: str, config_path: str | None, spool_root: str,
     from .runtime import build_runtime
     from .spool import Spool
 
+    tune_allocator()
     lock = threading.Lock()
 
     def tell(*msg) -> bool:

@@ -27,10 +27,9 @@ from io import BytesIO
 
 from pydicom.datadict import add_private_dict_entries
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 
+from pacsguard.daemon.dicomwrite import encode_dataset
 from pacsguard.daemon.errors import QuarantineError
 
 from .envelope import Wrapped
@@ -139,10 +138,7 @@ def read_recipients(block) -> list[Wrapped]:
 
 # -- a dataset as bytes (Explicit VR Little Endian, no file meta) ---------------------------
 def encode(ds: Dataset) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_dataset(fp, ds)
-    return fp.getvalue()
+    return encode_dataset(ds, implicit=False)
 
 
 def decode(data: bytes) -> Dataset:

@@ -96,6 +96,7 @@ class Encrypt(Stage):
         if item.sealed:
             raise QuarantineError("the object is already sealed whole: no stage can change it")
         if scope == "pixels":
+            item.load_pixel_data()
             ids = pixels.encrypt(item.dataset, recipients, item.pixels)
         elif scope == "attributes":
             ds = item.dataset
@@ -151,6 +152,7 @@ class Decrypt(Stage):
     def process(self, item):
         keys = loaded(item.keys, self.options.names)
         if self.options.scope == "pixels":
+            item.load_pixel_data()
             pixels.decrypt(item.dataset, keys)
         else:
             attributes.decrypt(item.dataset, keys)

@@ -32,6 +32,13 @@ STAGE_PIPELINE = [{"set-attributes": {"set": {"InstitutionName": "Benchmark Hosp
 #: The "with encryption" route: the pixel data encrypted for one recipient ({recipient}: a
 #: key of the run's key store, see keys.py). ``--pipeline FILE`` replaces it.
 ENCRYPT_PIPELINE = [{"encrypt": {"scope": "pixels", "recipients": ["{recipient}"]}}]
+#: de-identification, then the pixel data encrypted (the research-export route)
+DEID_ENCRYPT_PIPELINE = [{"deidentify": {"key": "{secret}"}}, *ENCRYPT_PIPELINE]
+#: full protection: de-identified, the original values embedded reversibly in the pixels for
+#: the re-identification key holder, then the pixel data encrypted
+FULL_PIPELINE = [{"deidentify": {"key": "{secret}"}},
+                 {"embed": {"recipients": ["{rsa}"], "on_no_capacity": "attributes"}},  # CMS fallback: RSA
+                 *ENCRYPT_PIPELINE]
 
 #: Option sets to try, per stage name, first match wins (the stage micro-benchmarks). Kept
 #: broad for the stages still being written; placeholders are keys.py's.
@@ -318,6 +325,14 @@ def make_contenders(selected: list[str], keys: dict, pipeline_override: Path | N
             pipeline, note = encrypt_pipeline(keys, pipeline_override)
             out.append(PacsguardDicom("pacsguard-encrypt", "pacsguard with encryption", pipeline, note,
                                       keys=config_section(keys)))
+        elif key == "pacsguard-deid-encrypt":
+            out.append(PacsguardDicom("pacsguard-deid-encrypt", "pacsguard deidentify + encrypt",
+                                      fill(DEID_ENCRYPT_PIPELINE, keys),
+                                      "deidentify (basic profile, keyed) -> encrypt pixels", keys=config_section(keys)))
+        elif key == "pacsguard-full":
+            out.append(PacsguardDicom("pacsguard-full", "pacsguard full protection", fill(FULL_PIPELINE, keys),
+                                      "deidentify -> embed (reversible, original values) -> encrypt pixels",
+                                      keys=config_section(keys)))
         elif key == "pacsguard-folder":
             out.append(PacsguardFolder(stages_note="watched folder, no stages"))
         else:
@@ -325,7 +340,8 @@ def make_contenders(selected: list[str], keys: dict, pipeline_override: Path | N
     return out
 
 
-ALL = ("dcmtk-limit", "orthanc", "pacsguard-pass", "pacsguard-stage", "pacsguard-encrypt", "pacsguard-folder")
+ALL = ("dcmtk-limit", "orthanc", "pacsguard-pass", "pacsguard-stage", "pacsguard-encrypt", "pacsguard-deid-encrypt",
+       "pacsguard-full", "pacsguard-folder")
 
 
 def cleanup(path: Path) -> None:

@@ -184,6 +184,31 @@ def test_the_encryption_route_config_is_accepted(tmp_path):
     assert out.returncode == 0, out.stderr + out.stdout
 
 
+def test_the_protection_route_configs_are_accepted(tmp_path):
+    """deidentify + encrypt and the full protection route (deidentify, embed, encrypt)
+    pass ``pacsguard check-config`` with the benchmark's keys."""
+    import yaml
+
+    from tests.benchmarks import contenders, keys
+    from tests.benchmarks.common import peers
+
+    k = keys.make_keys(tmp_path / "keys")
+
+    class Sink:
+        port = 11112
+
+    made = contenders.make_contenders(["pacsguard-deid-encrypt", "pacsguard-full"], k, None)
+    stages = []
+    for c in made:
+        cfg = c.config(tmp_path / c.key, Sink())
+        stages.append([next(iter(step)) for step in cfg["routes"][0]["pipeline"]])
+        path = tmp_path / f"{c.key}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        out = subprocess.run(peers.PACSGUARD + ["check-config", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr + out.stdout
+    assert stages == [["deidentify", "encrypt"], ["deidentify", "embed", "encrypt"]]
+
+
 def test_stage_benchmarks_pick_up_new_stages_by_name(tmp_path, monkeypatch):
     """A plugin that provides embed / reveal is timed as soon as it is loaded: reveal on
     embed's output, embed after deidentify (built in, keyed with the secret key file); a

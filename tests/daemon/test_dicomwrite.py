@@ -1,0 +1,129 @@
+"""The fast data set writer gives pydicom's bytes, on every bundled file, as read and after
+the kinds of change stages make."""
+
+from __future__ import annotations
+
+import warnings
+
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.sequence import Sequence
+
+from pydicom.filewriter import write_file_meta_info
+
+from pacsguard.daemon.dicomwrite import encode_dataset, write_file_meta_fast
+from tests.conftest import bundled_images
+
+FILES = bundled_images()
+
+
+def _outcome(fn, *args):
+    """The bytes written, or the kind of error (both writers must fail alike on a data set
+    pydicom cannot write as read, e.g. raw elements without a VR in an explicit VR file)."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return type(exc).__name__
+
+
+def _pydicom_bytes(ds, implicit: bool) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _read(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path)
+
+
+def _little(ds) -> bool:
+    return ds.file_meta.TransferSyntaxUID.is_little_endian
+
+
+def _change(ds) -> None:
+    """What stages do: set and remove attributes, add a private block, new pixel bytes,
+    touch a sequence item."""
+    ds.PatientName = "ANON^X"
+    ds.ImageComments = "changed"
+    if "PatientBirthDate" in ds:
+        del ds.PatientBirthDate
+    block = ds.private_block(0x0011, "TEST WRITER", create=True)
+    block.add_new(0x01, "LO", "value")
+    block.add_new(0x02, "OB", b"\x01\x02\x03\x04")
+    block.add_new(0x03, "UL", [1, 2, 3])
+    if "PixelData" in ds and not ds["PixelData"].is_undefined_length:
+        ds.PixelData = bytes(len(ds.PixelData))
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "113100", "DCM"
+    ds.DeidentificationMethodCodeSequence = Sequence([item])
+    for elem in ds:
+        if elem.VR == "SQ" and elem.value and elem.tag != 0x00120064:
+            elem.value[0].add_new(0x00080100, "SH", "X1")  # CodeValue in the first item
+            break
+
+
+LITTLE = [p for p in FILES if _little(_read(p))]  # big endian goes through pydicom's writer as it is
+
+
+def test_corpus_has_both_encodings():
+    implicit = {_read(p).file_meta.TransferSyntaxUID.is_implicit_VR for p in LITTLE}
+    assert implicit == {True, False} and len(LITTLE) > 40
+
+
+@pytest.mark.parametrize("path", LITTLE, ids=[p.name for p in LITTLE])
+def test_same_bytes_as_pydicom(path):
+    ds = _read(path)
+    implicit = ds.file_meta.TransferSyntaxUID.is_implicit_VR
+    assert _outcome(encode_dataset, ds, implicit) == _outcome(_pydicom_bytes, _read(path), implicit)
+    changed, reference = _read(path), _read(path)
+    for ds in (changed, reference):
+        ds.walk(lambda *_: None)  # as stages do before changing a mixed-VR file
+        _change(ds)
+    assert encode_dataset(changed, implicit) == _pydicom_bytes(reference, implicit)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_same_file_meta_as_pydicom(path):
+    ours, theirs = DicomBytesIO(), DicomBytesIO()
+    meta = _read(path).file_meta
+    write_file_meta_fast(ours, meta)
+    reference = _read(path).file_meta
+    write_file_meta_info(theirs, reference, enforce_standard=True)
+    assert ours.getvalue() == theirs.getvalue()
+    assert meta == reference  # the elements pydicom adds are added here too
+
+
+def test_values_pydicom_formats_itself():
+    """Numbers, a non-ASCII name, multi-valued strings and out-of-range numbers."""
+    ds, reference = pydicom.Dataset(), pydicom.Dataset()
+    for d in (ds, reference):
+        d.set_original_encoding(False, True, ["latin_1"])
+        d.SpecificCharacterSet = "ISO_IR 100"
+        d.InstitutionName = "Hôpital"
+        d.ImageType = ["ORIGINAL", "PRIMARY"]
+        d.SliceThickness = 1.25
+        d.InstanceNumber = 7
+        d.Rows, d.Columns = 512, 511
+        d.WindowWidth = [400, 1500]
+        d.RescaleSlope = "1.0"
+        d.StudyDescription = "odd"
+        d.add_new(0x00191001, "FD", 2.5)
+    assert encode_dataset(ds, False) == _pydicom_bytes(reference, False)
+    assert encode_dataset(ds, True) == _pydicom_bytes(reference, True)
+    bad = pydicom.Dataset()
+    bad.set_original_encoding(False, True, None)
+    bad.Rows = 70000
+    with pytest.raises(OSError):  # as pydicom's own writer refuses it
+        encode_dataset(bad, False)
+
+
+def test_other_encoding_goes_through_pydicom():
+    """Written in the other VR encoding than read: pydicom's VR correction applies."""
+    path = next(p for p in FILES if _little(_read(p)) and not _read(p).file_meta.TransferSyntaxUID.is_implicit_VR)
+    ds = _read(path)
+    assert encode_dataset(ds, True) == _pydicom_bytes(_read(path), True)
