@@ -176,8 +176,12 @@ class Item:
     def sop_uid_hash(self) -> str | None:
         return uid_hash(self.header.get("SOPInstanceUID"))
 
-    def write(self, dest: Path) -> int:
+    def write(self, dest: Path, dirs: set | None = None) -> int:
         """Write the (modified) dataset to ``dest`` durably; return the bytes written.
+
+        ``dirs``: the caller fsyncs the folders (``dest``'s, and its parent's when the
+        folder is new) once for several files, before it relies on them; they are added to
+        this set instead of being synced here.
 
         When the pixel data was never loaded (the stages changed attributes only) and the
         encoding is unchanged, its bytes are copied from the received file by the kernel
@@ -189,9 +193,12 @@ class Item:
             size = self._write_sealed(dest)
         else:
             size = _durably(dest, self._encode)
-        fsync_dir(dest.parent)  # the new name is on disk too (and the new folder's own entry)
-        if made:
-            fsync_dir(dest.parent.parent)
+        folders = [dest.parent, dest.parent.parent] if made else [dest.parent]
+        if dirs is not None:
+            dirs.update(folders)
+            return size
+        for folder in folders:
+            fsync_dir(folder)  # the new name is on disk too (and the new folder's own entry)
         return size
 
     def _encode(self, fh) -> None:

@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 import structlog
 
 from .errors import QuarantineError, bug_summary
+from .fileio import fsync_dir
 from .item import HEADERS, Item
 from .parsing import DEFAULT_LIMITS, ParseLimits, check_integrity, complete_file_meta, object_fault, read_header
 from .router import Route, select_routes
@@ -283,7 +284,7 @@ class Processor:
         by_job: dict[int, list[_Work]] = {}
         for w in works:
             by_job.setdefault(w.job.id, []).append(w)
-        destinations: set[str] = set()
+        ready, dirs = [], set()
         for job_id, ws in by_job.items():
             failed = next((w.failed for w in ws if w.failed), None)
             if failed:
@@ -295,7 +296,7 @@ class Processor:
                     path = w.job.path
                     if w.item.modified:
                         path = self.spool.out_path(job_id, w.route.name, w.item.output_suffix)
-                        extra += w.item.write(path)
+                        extra += w.item.write(path, dirs)
                         header = w.item.written_header() if len(ws) == 1 and len(w.route.to) == 1 else None
                         if header is not None:
                             HEADERS.put(path, header)  # what was written: its delivery need not parse it
@@ -310,6 +311,16 @@ class Processor:
                 ds = next((w.item._dataset for w in ws if w.item._dataset is not None), None)
                 self._object_failed(job_id, ds, exc, "cannot write the processed object", "write")
                 continue
+            ready.append((job_id, ws, deliveries, uid, extra))
+        try:
+            for folder in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+                fsync_dir(folder)  # the batch's new names on disk, once per folder, before they count
+        except Exception as exc:
+            for job_id, *_ in ready:
+                self._object_failed(job_id, None, exc, "cannot write the processed object", "write")
+            return
+        destinations: set[str] = set()
+        for job_id, ws, deliveries, uid, extra in ready:
             self.spool.route_job(job_id, deliveries, uid, extra)
             destinations.update(d for _, d, _ in deliveries)
             log.info("object routed", job=job_id, routes=[w.route.name for w in ws],

@@ -177,9 +177,12 @@ def _mark(ds: Dataset, ids: list[str]) -> None:
     ds.ImageComments = f"{MARK}: the pixel data is AES-256-GCM ciphertext; pacsguard decrypt restores it"
 
 
-def decrypt(ds: Dataset, keys) -> None:
+def decrypt(ds: Dataset, keys, transfer_syntax: str = "native") -> str:
     """Restore the pixel data (and the marking attributes) of ``ds`` in place with one of
-    ``keys``. Nothing changes unless every check passed."""
+    ``keys``. Nothing changes unless every check passed. ``transfer_syntax``: for a
+    compressed original, ``native`` keeps the decoded pixels native, ``original``
+    re-encodes them losslessly where :func:`reencode` can. Returns the transfer syntax UID
+    the object now has."""
     b = block.find(ds)
     if b is None:
         raise QuarantineError(NOT_ENCRYPTED)
@@ -213,3 +216,54 @@ def decrypt(ds: Dataset, keys) -> None:
         elif t in ds:
             del ds[t]
     block.remove(ds)
+    if transfer_syntax == "original" and ts.is_compressed:
+        reencode(ds, ts)
+    return str(ds.file_meta.TransferSyntaxUID)
+
+
+#: lossless syntaxes: re-encoding decoded pixels in them loses nothing (JPEG 2000 "Image
+#: Compression" and the JPEG processes may be lossy: never re-encoded into)
+LOSSLESS = frozenset({
+    "1.2.840.10008.1.2.5",      # RLE Lossless
+    "1.2.840.10008.1.2.4.80",   # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",   # JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.201",  # HTJ2K (Lossless Only)
+    "1.2.840.10008.1.2.4.57",   # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",   # JPEG Lossless, SV1
+})
+
+
+def reencode(ds: Dataset, ts: UID) -> bool:
+    """Re-encode the native pixels of ``ds`` in ``ts`` if it is lossless and pydicom has an
+    encoder for it, keeping the result only if it decodes to the very same pixels; else
+    leave ``ds`` native. True when it was re-encoded."""
+    import numpy as np
+    from pydicom.pixels import get_encoder
+
+    if str(ts) not in LOSSLESS:
+        return False
+    try:
+        encoder = get_encoder(ts)
+        if encoder is None or not encoder.is_available:
+            return False
+    except (NotImplementedError, ValueError):
+        return False
+    native = ds.pixel_array.copy()
+    keep = {t: copy.deepcopy(ds[t]) for t in (_PIXEL_DATA, Tag("PhotometricInterpretation"),
+                                              Tag("PlanarConfiguration"), Tag("LossyImageCompression")) if t in ds}
+    meta_ts = ds.file_meta.TransferSyntaxUID
+    try:
+        ds.compress(ts)
+        again = ds.pixel_array
+        if again.shape == native.shape and np.array_equal(again, native):
+            return True
+    except Exception:
+        pass  # an encoder that refuses these pixels: native it stays
+    for t in (Tag("PhotometricInterpretation"), Tag("PlanarConfiguration"), Tag("LossyImageCompression")):
+        if t in ds and t not in keep:
+            del ds[t]
+    for t, elem in keep.items():
+        ds[t] = elem
+    ds.file_meta.TransferSyntaxUID = meta_ts
+    ds._pixel_array, ds._pixel_id = None, {}
+    return False

@@ -62,6 +62,10 @@ class DecryptOptions(Options):
     scope: Scope = Field(description="pixels or attributes (what an encrypt stage of that scope made)")
     key: Optional[str] = Field(None, description="the key name whose private key decrypts")
     keys: list[str] = Field(default_factory=list, description="several key names: the first that is a recipient decrypts")
+    transfer_syntax: Literal["native", "original"] = Field(
+        "native", description="pixels of a compressed original: native (Explicit VR Little Endian, the decoded pixels "
+                              "bit-exactly) or original (re-encoded losslessly in the original transfer syntax where "
+                              "that syntax is lossless and an encoder is installed, else native)")
 
     @model_validator(mode="after")
     def _one_way(self):
@@ -153,7 +157,8 @@ class Decrypt(Stage):
         keys = loaded(item.keys, self.options.names)
         if self.options.scope == "pixels":
             item.load_pixel_data()
-            pixels.decrypt(item.dataset, keys)
+            syntax = pixels.decrypt(item.dataset, keys, self.options.transfer_syntax)
+            item.results.setdefault("decrypt", {})["pixels"] = {"transfer_syntax": syntax}
         else:
             attributes.decrypt(item.dataset, keys)
         return item

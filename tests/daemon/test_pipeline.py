@@ -177,6 +177,41 @@ def test_set_attributes_writes_exactly_the_changes(spool, pm, rec, tmp_path):
     assert rec.stages == [(job_id, "coerce", "set-attributes", "ok")]
 
 
+def test_a_batch_of_written_objects_syncs_the_folder_once_before_routing(spool, pm, rec, tmp_path, monkeypatch):
+    """Each processed file is fsync'd; the folder holding their names once per batch, and
+    before any of the jobs counts as routed. The header each delivery gets is the written one."""
+    from pacsguard.daemon import pipeline as pipeline_mod
+    from pacsguard.daemon.item import HEADERS
+
+    runtime = runtime_from("""\
+        routes:
+          - name: coerce
+            pipeline:
+              - set-attributes: {set: {ImageComments: "via pacsguard"}}
+            to: [a]
+        """, pm, tmp_path)
+    jobs = [ingest(spool, tmp_path) for _ in range(4)]
+    synced, states = [], []
+    real = pipeline_mod.fsync_dir
+
+    def counting(folder):
+        states.append([spool.get_job(j).state for j in jobs])
+        synced.append(folder)
+        real(folder)
+
+    monkeypatch.setattr(pipeline_mod, "fsync_dir", counting)
+    processor(spool, pm, runtime).process(jobs)
+
+    assert synced == [spool.out]
+    assert states == [["received"] * 4]
+    assert [spool.get_job(j).state for j in jobs] == ["routed"] * 4
+    for d in deliveries(spool, "a"):
+        header = HEADERS.take(d.path)
+        assert header is not None and header.ImageComments == "via pacsguard"
+        assert "PixelData" not in header  # the item's dataset, its pixel data dropped
+        assert header.SOPInstanceUID == pydicom.dcmread(d.path).SOPInstanceUID
+
+
 def test_every_matching_route_fires_until_a_final_one(spool, pm, rec, tmp_path):
     runtime = runtime_from("""\
         routes:

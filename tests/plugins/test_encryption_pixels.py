@@ -315,3 +315,53 @@ def test_the_encrypted_object_is_valid_dicom(name, tmp_path):
     assert dump.returncode == 0 and "E:" not in dump.stderr, dump.stderr
     assert "PACSGUARD 1" in dump.stdout and "PACSGUARD ENCRYPTED" in dump.stdout
     assert _dciodvfy_errors(enc) - _dciodvfy_errors(src) == set()
+
+
+LOSSLESS_ORIGINALS = [p for p in images() if str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+                      in pixels.LOSSLESS]
+
+
+MUST_REENCODE = {"MR_small_RLE.dcm", "US1_J2KR.dcm", "emri_small_RLE.dcm", "MR_small_jp2klossless.dcm"}
+
+
+def test_the_corpus_has_lossless_compressed_originals():
+    assert MUST_REENCODE <= {p.name for p in LOSSLESS_ORIGINALS}
+    syntaxes = {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in LOSSLESS_ORIGINALS}
+    assert {"1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"} <= syntaxes  # RLE, JPEG 2000 lossless
+
+
+@pytest.mark.parametrize("path", LOSSLESS_ORIGINALS, ids=ident)
+def test_decrypt_can_restore_the_original_lossless_syntax(path, tmp_path):
+    """transfer_syntax: original re-encodes where an encoder is installed (RLE, JPEG 2000
+    lossless here), and the pixels decode to the original's exactly; elsewhere native."""
+    from pydicom.pixels import get_encoder
+
+    key = make_key("x25519")
+    original = pydicom.dcmread(path)
+    ts = original.file_meta.TransferSyntaxUID
+    stage = Decrypt(Decrypt.Options.model_validate({"scope": "pixels", "key": "me", "transfer_syntax": "original"}))
+    item = Item(1, encrypted(path, tmp_path), FACTS, keys={"me": key})
+    stage.process(item).write(tmp_path / "dec.dcm")
+    dec = pydicom.dcmread(tmp_path / "dec.dcm")
+    try:
+        can = get_encoder(ts).is_available
+    except NotImplementedError:
+        can = False
+    got = dec.file_meta.TransferSyntaxUID
+    # an installed encoder may still refuse some pixels (pydicom's RLE: 32-bit colour): native then
+    assert got == ts if (can and path.name in MUST_REENCODE) else got in (ts, ExplicitVRLittleEndian)
+    if not can:
+        assert got == ExplicitVRLittleEndian
+    assert item.results["decrypt"]["pixels"] == {"transfer_syntax": str(got)}
+    assert (dec.pixel_array == original.pixel_array).all()
+    assert block.find(dec) is None
+
+
+def test_a_lossy_original_is_never_re_encoded(tmp_path):
+    path = next(p for p in images() if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID
+                == "1.2.840.10008.1.2.4.50")  # JPEG baseline
+    key = make_key("x25519")
+    stage = Decrypt(Decrypt.Options.model_validate({"scope": "pixels", "key": "me", "transfer_syntax": "original"}))
+    item = Item(1, encrypted(path, tmp_path), FACTS, keys={"me": key})
+    stage.process(item)
+    assert item.dataset.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
