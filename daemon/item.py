@@ -220,13 +220,13 @@ class Item:
     def written_header(self) -> Dataset | None:
         """After :meth:`write`, the header of what was written, for the delivery of that
         file (so that it is not parsed again): this item's dataset, its Pixel Data dropped
-        (the item is finished; the memory goes now). None for a sealed object."""
+        (the item is finished; the memory goes now, and the item's header stays readable).
+        None for a sealed object."""
         ds = self._dataset
         if ds is None or self._sealer is not None:
             return None
         if _PIXEL_DATA in ds:
             del ds[_PIXEL_DATA]
-        self._dataset = None
         return ds
 
     def _write_sealed(self, dest: Path) -> int:

@@ -9,7 +9,9 @@ takes (``tests/benchmarks/crypto.py``). Fixed, larger thresholds keep freed buff
 next object; the memory kept is bounded by the thresholds and by the largest working set
 the process had.
 
-Set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment (systemd
+One arena serves all threads (``M_ARENA_MAX`` 1; the GIL serializes them anyway): the
+threads' own arenas would keep and return memory by their own rules. Set
+``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment (systemd
 ``Environment=``) to choose other values; this module then leaves the allocator alone.
 """
 
@@ -23,7 +25,7 @@ import os
 MMAP_THRESHOLD = 32 << 20
 #: free memory the heap keeps before returning its top to the kernel
 TRIM_THRESHOLD = 64 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _done = False
 
 
@@ -41,4 +43,7 @@ def tune_allocator() -> bool:
         return False  # not glibc (musl, macOS): its own behaviour
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    # one arena for every thread: the GIL serializes them anyway, and the main arena is the
+    # one whose kept memory the thresholds above govern (threads' own arenas trim apart)
+    mallopt(_M_ARENA_MAX, 1)
     return _done

@@ -292,6 +292,7 @@ class Processor:
                 continue
             deliveries, extra = [], 0
             try:
+                uid = ws[0].item.sop_uid_hash  # of the processed object (before its dataset goes)
                 for w in ws:
                     path = w.job.path
                     if w.item.modified:
@@ -303,7 +304,6 @@ class Processor:
                     elif w.item._header is not None and len(ws) == 1 and len(w.route.to) == 1:
                         HEADERS.put(path, w.item._header)  # its one delivery need not parse it again
                     deliveries.extend((w.route.name, dest, path) for dest in w.route.to)
-                uid = ws[0].item.sop_uid_hash
             except QuarantineError as exc:
                 self._quarantine(job_id, exc.reason, "write")
                 continue
