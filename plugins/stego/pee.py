@@ -32,9 +32,11 @@ regions cost nothing).
 
 The side information (threshold, the (V, k) pairs, the location maps, the lengths) goes
 into the least significant bits of the first L non-padding pixels in raster order (plane
-by plane); those pixels and their four neighbours are no pass's targets, so no
-prediction sees them change. Their original least significant bits are the first L bits
-of the PEE stream, and extraction puts them back. Its layout: :mod:`.sideinfo`.
+by plane, so usually the first row, which is no pass's target anyway). Those pixels are
+no pass's targets, and every prediction reads them with their least significant bit
+cleared, so no prediction sees the side information change, and their neighbours still
+carry. Their original least significant bits are the first L bits of the PEE stream, and
+extraction puts them back. Its layout: :mod:`.sideinfo`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ from .sideinfo import Aux, Damaged, NotEmbedded, pack_map, unpack_map  # noqa: F
 
 MIN_SIZE = 3  # rows and columns: one pixel with four neighbours
 _HEAD = 24  # bytes: enough for the magic, T and L
+#: the side information's first size guess (bits): what it takes without location maps
+#: (17-20 bytes); each of its pixels costs its neighbours' capacity, so it starts small
+#: and grows only when the maps need it
+SIDE_BITS = 8 * 20
 _CLIP = 8191  # neighbour differences in the variance: int32 holds 4 x 3 x 8191^2
 
 
@@ -102,16 +108,10 @@ def _side_positions(flat: np.ndarray, rng: Range, n: int) -> np.ndarray:
     return np.concatenate(found)[:n] if found else np.zeros(0, np.int64)
 
 
-def _near(shape: tuple, side: np.ndarray) -> np.ndarray:
-    """The side-information pixels and their four neighbours, as a mask of the planes."""
-    planes, rows, cols = shape
+def _mask(shape: tuple, side: np.ndarray) -> np.ndarray:
+    """The side-information pixels, as a mask of the planes."""
     mask = np.zeros(shape, bool)
-    p, rc = np.divmod(side, rows * cols)
-    r, c = np.divmod(rc, cols)
-    for dr, dc in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
-        rr, cc = r + dr, c + dc
-        ok = (rr >= 0) & (rr < rows) & (cc >= 0) & (cc < cols)
-        mask[p[ok], rr[ok], cc[ok]] = True
+    mask.reshape(-1)[side] = True
     return mask
 
 
@@ -383,12 +383,16 @@ def _estimate_start(cross: _Pass, n: int, lo_t: int, hi_t: int) -> int:
 
 
 class _Layout:
-    """The side information's pixels (the first ``L`` non-padding ones) and the passes'
-    exclusion mask, for one L."""
+    """The side information's pixels (the first ``L`` non-padding ones), the passes'
+    exclusion mask (those pixels), and the planes the passes work on: ``X`` with their
+    least significant bits cleared (what every prediction reads of them)."""
 
     def __init__(self, X: np.ndarray, rng: Range, L: int):
         self.side = _side_positions(X.reshape(-1), rng, L)
-        self.near = _split(_near(X.shape, self.side), bool)
+        self.near = _split(_mask(X.shape, self.side), bool)
+        cleared = X.copy()
+        cleared.reshape(-1)[self.side] &= ~1
+        self.planes = _split(cleared, _dtype(rng))
 
 
 def _lsb_bits(X: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -405,14 +409,14 @@ def embed(X0: np.ndarray, payload: bytes, rng: Range, *, min_threshold: int = 1,
         raise NoCapacity(len(payload_bits), 0, f"the image is smaller than {MIN_SIZE}x{MIN_SIZE} pixels")
     if X0.size and (int(X0.min()) < rng.lo or int(X0.max()) > rng.hi):
         raise ValueError("pixel values outside the stored range")
-    ph0 = _split(X0, _dtype(rng))
-    L, layout, cross = 8 * 32, None, None
+    L, layout, cross = SIDE_BITS, None, None
     T = None
     while True:
         if layout is None or len(layout.side) != L:
             layout = _Layout(X0, rng, L)
             if len(layout.side) < L:
                 raise NoCapacity(len(payload_bits) + L, 0, "no room for the side information")
+            ph0 = layout.planes
             cross = _pass(ph0, shape, 0, rng, layout.near)
             if T is None:
                 T = _estimate_start(cross, len(payload_bits) + L, min_threshold, max_threshold)
@@ -469,14 +473,14 @@ def _try(ph0, shape, cross, T, rng, layout, payload_bits, side_lsb):
     return None
 
 
-def capacity(X0: np.ndarray, rng: Range, T: int, side_bits: int = 8 * 32) -> int:
+def capacity(X0: np.ndarray, rng: Range, T: int, side_bits: int = SIDE_BITS) -> int:
     """Bits the two passes hold at threshold ``T`` (the cross pass filled first), with
     ``side_bits`` pixels kept for the side information; its L bits are counted in."""
     shape = X0.shape
     if shape[1] < MIN_SIZE or shape[2] < MIN_SIZE:
         return 0
     layout = _Layout(X0, rng, side_bits)
-    ph = _split(X0, _dtype(rng))
+    ph = layout.planes
     cross = _pass(ph, shape, 0, rng, layout.near)
     plan1 = _plan(cross, T, rng)
     _, _, sel1 = _select(cross.key, plan1.eligible, plan1.carrier, plan1.capacity)
@@ -506,7 +510,7 @@ def extract(Xm: np.ndarray, rng: Range) -> tuple[bytes, np.ndarray, int]:
     aux = read_side_information(Xm, rng)
     shape = Xm.shape
     layout = _Layout(Xm, rng, aux.L)
-    ph = _split(Xm, _dtype(rng))
+    ph = layout.planes
     n = aux.L + 8 * aux.length
     if aux.n1 > n:
         raise Damaged("the side information is inconsistent")
