@@ -91,8 +91,12 @@ class Range:
         bit never makes or unmakes padding); None when there is none."""
         if self.pad_lo is None:
             return None
-        half = v >> 1
-        return (half >= self.pad_lo >> 1) & (half <= self.pad_hi >> 1)
+        # (v >> 1) in [pad_lo >> 1, pad_hi >> 1], i.e. v in [first, last], as one unsigned comparison
+        first, last = (self.pad_lo >> 1) << 1, ((self.pad_hi >> 1) << 1) + 1
+        unsigned = np.uint32 if v.dtype == np.int32 else np.uint64
+        if v.dtype not in (np.int32, np.int64):
+            v = v.astype(np.int64)
+        return (v - first).view(unsigned) <= last - first
 
 
 # -- geometry ------------------------------------------------------------------------------
