@@ -352,6 +352,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=60, help="timed runs per figure (default 60)")
     p.add_argument("--no-capacity", action="store_true", help="only the timing table")
     args = p.parse_args(argv)
+    import logging
+
+    import structlog
+
+    # the stages log an "embedded" line per object: only the table goes to stdout
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    warnings.simplefilter("ignore")  # pydicom's notes on the bundled files' quirks
     cpu = _pin_one_core()
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-stego-") as tmp:
         tmp = Path(tmp)
