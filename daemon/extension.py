@@ -9,6 +9,7 @@ methods, so a missing package fails at config check, never at import of the daem
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,6 +35,17 @@ class BatchOptions(Options):
     max_wait_ms: float = Field(10, ge=0, le=10000,
                                description="how long a worker with fewer objects waits for more before "
                                            "it starts; a lone object is held up no longer than this")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A number a stage reports per object it processed (a quality or cost figure such as
+    the PSNR of marked pixels), declared in :attr:`Stage.measures`; the metrics show it as
+    the histogram ``pacsguard_<stage>_<name>`` (``-`` in the stage name as ``_``) with
+    these ``buckets``, labelled by route. A figure about the processing, never patient data."""
+
+    description: str
+    buckets: tuple[float, ...]
 
 
 class _Contribution:
@@ -70,6 +82,9 @@ class Stage(_Contribution):
     #: set True when the stage re-encodes pixel data lossily (a stage that hides data in
     #: the pixels refuses to be followed by one: :meth:`check_pipeline`)
     lossy: ClassVar[bool] = False
+    #: the numbers the stage reports per object (name -> :class:`Measure`): the host asks
+    #: :meth:`measured` after each object and passes what it gets to ``pacsguard_stage_result``
+    measures: ClassVar[dict[str, Measure]] = {}
 
     def __init__(self, options: Options):
         self.options = options
@@ -98,6 +113,11 @@ class Stage(_Contribution):
 
     def process(self, item: "Item") -> "Item":
         raise NotImplementedError
+
+    def measured(self, item: "Item") -> dict[str, float]:
+        """The figures of :attr:`measures` for one item this stage processed (any subset;
+        none when there was nothing to measure). Names and numbers only."""
+        return {}
 
     def process_batch(self, items: list["Item"]) -> list["Item"]:
         return [self.process(item) for item in items]

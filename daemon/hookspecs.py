@@ -62,6 +62,14 @@ def pacsguard_stage_finished(job_id: int, route: str, stage: str, seconds: float
     ``outcome`` is ``"ok"``, ``"quarantined"`` or ``"error"`` (a bug in the stage)."""
 
 
+@hookspec
+def pacsguard_stage_result(job_id: int, route: str, stage: str, result: dict):
+    """Observe: ``stage`` of ``route`` processed job ``job_id`` and measured ``result``
+    (name -> number: the stage's declared :attr:`~pacsguard.daemon.extension.Stage.measures`,
+    e.g. embed's ``psnr_db``). Called after ``pacsguard_stage_finished`` with outcome ok,
+    only when the stage measured something."""
+
+
 # --- delivery -----------------------------------------------------------------------
 
 

@@ -1,18 +1,20 @@
 """Prometheus metrics and ``/healthz`` on localhost.
 
 Counters are fed by the observation hooks (this module is an internal plugin); queue
-depths are read from the spool at scrape time. Labels hold names only, never patient data.
+depths are read from the spool at scrape time; what stages measure per object (their
+declared ``measures``, e.g. embed's PSNR) becomes one histogram per figure. Labels hold names only, never patient data.
 """
 
 from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from .extension import Measure
 from .hookspecs import hookimpl
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -21,9 +23,18 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     """Registered on the plugin manager as ``pacsguard.metrics``."""
 
-    def __init__(self, queue_depths: Callable[[], tuple[int, dict]], spool_bytes: Callable[[], int]):
+    def __init__(self, queue_depths: Callable[[], tuple[int, dict]], spool_bytes: Callable[[], int],
+                 measures: Mapping[str, Mapping[str, Measure]] | None = None):
+        """``measures``: per stage name, the figures it declared (:attr:`Stage.measures`):
+        one histogram each, ``pacsguard_<stage>_<name>{route}``."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.measures: dict[tuple[str, str], Histogram] = {}
+        for stage, declared in sorted((measures or {}).items()):
+            for name, m in sorted(declared.items()):
+                metric = f"pacsguard_{stage}_{name}".replace("-", "_")
+                self.measures[(stage, name)] = Histogram(metric, m.description, ["route"], registry=r,
+                                                         buckets=m.buckets)
         self.received = Counter("pacsguard_received", "Objects received and spooled", ["source"], registry=r)
         self.routed = Counter("pacsguard_routed", "Objects matched to a route", ["route"], registry=r)
         self.delivered = Counter("pacsguard_delivered", "Objects delivered", ["destination"], registry=r)
@@ -66,6 +77,13 @@ class Metrics:
     @hookimpl
     def pacsguard_stage_finished(self, job_id, route, stage, seconds, outcome):
         self.stage_seconds.labels(stage, outcome).observe(seconds)
+
+    @hookimpl
+    def pacsguard_stage_result(self, job_id, route, stage, result):
+        for name, value in result.items():
+            hist = self.measures.get((stage, name))
+            if hist is not None:
+                hist.labels(route).observe(value)
 
     @hookimpl
     def pacsguard_delivery_failed(self, job_id, route, destination, attempt, retry_in):

@@ -257,6 +257,7 @@ class Processor:
             w.item = item
             self.hook.pacsguard_stage_finished(job_id=w.job.id, route=route.name, stage=stage.name,
                                                seconds=per, outcome="ok")
+            self._report(stage, route, w)
 
     def _run_one(self, stage, route: Route, w: _Work) -> None:
         t0 = time.perf_counter()
@@ -279,6 +280,24 @@ class Processor:
                         f"stage:{stage.name}")
         self.hook.pacsguard_stage_finished(job_id=w.job.id, route=route.name, stage=stage.name,
                                            seconds=time.perf_counter() - t0, outcome=outcome)
+        if outcome == "ok":
+            self._report(stage, route, w)
+
+    def _report(self, stage, route: Route, w: _Work) -> None:
+        """``pacsguard_stage_result`` with what the stage measured on the object (its
+        declared measures only, as numbers). A failing ``measured`` is the stage's bug: it
+        is logged, the object goes on (the figures are observations, not its protection)."""
+        if not stage.measures:
+            return
+        try:
+            got = stage.measured(w.item) or {}
+            result = {k: float(v) for k, v in got.items() if k in stage.measures and v is not None}
+        except Exception as exc:
+            log.error("stage could not report its measures", job=w.job.id, route=route.name, stage=stage.name,
+                      error=bug_summary(exc))
+            return
+        if result:
+            self.hook.pacsguard_stage_result(job_id=w.job.id, route=route.name, stage=stage.name, result=result)
 
     def _finish(self, works: list[_Work]) -> None:
         by_job: dict[int, list[_Work]] = {}

@@ -141,7 +141,8 @@ class Service:
             if source_type in source_types else None)
         self.intake = Intake(self)
         if cfg.metrics.enabled:  # before the worker process starts: it relays what this observes
-            self.metrics = Metrics(self.spool.queue_depths, lambda: self.spool.used_bytes)
+            self.metrics = Metrics(self.spool.queue_depths, lambda: self.spool.used_bytes,
+                                   {n: c.cls.measures for n, c in self.registry.stages.items()})
             self.pm.register(self.metrics, name="pacsguard.metrics")
         for job_id, facts in self.spool.adopted:  # received before the stop, never announced
             self._announce(job_id, facts, adopted=True)

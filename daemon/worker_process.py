@@ -11,7 +11,7 @@ spool (SQLite in WAL mode is made for several processes). They talk over one pip
   ``("wake_all",)``, ``("apply", config_text, config_path)`` after a reload,
   ``("stop", timeout)``;
 - child -> parent: ``("ready", requeued)`` (how many jobs it found left to process), ``("hook", name, kwargs)`` for the observation hooks
-  (routed, stage finished, delivered, delivery failed, quarantined), which the parent
+  (routed, stage finished, stage result, delivered, delivery failed, quarantined), which the parent
   calls on its own plugin manager so metrics and audit plugins see them exactly once,
   ``("grew", bytes)`` when processing wrote files into the spool (its size limit is
   enforced by the receiving side), ``("stopped", drained)``, ``("error", reason)`` when
@@ -36,8 +36,8 @@ log = structlog.get_logger("pacsguard.delivery")
 #: How long a child whose parent vanished waits for in-flight sends.
 ORPHAN_GRACE = 5.0
 
-_RELAYED = ("pacsguard_object_routed", "pacsguard_stage_finished", "pacsguard_object_delivered",
-            "pacsguard_delivery_failed", "pacsguard_object_quarantined")
+_RELAYED = ("pacsguard_object_routed", "pacsguard_stage_finished", "pacsguard_stage_result",
+            "pacsguard_object_delivered", "pacsguard_delivery_failed", "pacsguard_object_quarantined")
 
 
 class WorkerProcess:

@@ -285,6 +285,13 @@ class Orthanc:
             body = resp.read()
             return json.loads(body) if resp.headers.get_content_type() == "application/json" else body
 
+    def post(self, path: str, body: bytes, content_type: str = "application/json"):
+        req = urllib.request.Request(self.url + path, data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            data = resp.read()
+            return json.loads(data) if resp.headers.get_content_type() == "application/json" else data
+
     def instances(self) -> list[str]:
         return self.get("/instances")
 

@@ -32,9 +32,11 @@ regions cost nothing).
 
 The side information (threshold, the (V, k) pairs, the location maps, the lengths) goes
 into the least significant bits of the first L non-padding pixels in raster order (plane
-by plane); those pixels and their four neighbours are no pass's targets, so no
-prediction sees them change. Their original least significant bits are the first L bits
-of the PEE stream, and extraction puts them back. Its layout: :mod:`.sideinfo`.
+by plane, so usually the first row, which is no pass's target anyway). Those pixels are
+no pass's targets, and every prediction reads them with their least significant bit
+cleared, so no prediction sees the side information change, and their neighbours still
+carry. Their original least significant bits are the first L bits of the PEE stream, and
+extraction puts them back. Its layout: :mod:`.sideinfo`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ from .sideinfo import Aux, Damaged, NotEmbedded, pack_map, unpack_map  # noqa: F
 
 MIN_SIZE = 3  # rows and columns: one pixel with four neighbours
 _HEAD = 24  # bytes: enough for the magic, T and L
+#: the side information's first size guess (bits): what it takes without location maps
+#: (17-20 bytes); each of its pixels costs its neighbours' capacity, so it starts small
+#: and grows only when the maps need it
+SIDE_BITS = 8 * 20
 _CLIP = 8191  # neighbour differences in the variance: int32 holds 4 x 3 x 8191^2
 
 
@@ -85,8 +91,12 @@ class Range:
         bit never makes or unmakes padding); None when there is none."""
         if self.pad_lo is None:
             return None
-        half = v >> 1
-        return (half >= self.pad_lo >> 1) & (half <= self.pad_hi >> 1)
+        # (v >> 1) in [pad_lo >> 1, pad_hi >> 1], i.e. v in [first, last], as one unsigned comparison
+        first, last = (self.pad_lo >> 1) << 1, ((self.pad_hi >> 1) << 1) + 1
+        unsigned = np.uint32 if v.dtype == np.int32 else np.uint64
+        if v.dtype not in (np.int32, np.int64):
+            v = v.astype(np.int64)
+        return (v - first).view(unsigned) <= last - first
 
 
 # -- geometry ------------------------------------------------------------------------------
@@ -102,16 +112,10 @@ def _side_positions(flat: np.ndarray, rng: Range, n: int) -> np.ndarray:
     return np.concatenate(found)[:n] if found else np.zeros(0, np.int64)
 
 
-def _near(shape: tuple, side: np.ndarray) -> np.ndarray:
-    """The side-information pixels and their four neighbours, as a mask of the planes."""
-    planes, rows, cols = shape
+def _mask(shape: tuple, side: np.ndarray) -> np.ndarray:
+    """The side-information pixels, as a mask of the planes."""
     mask = np.zeros(shape, bool)
-    p, rc = np.divmod(side, rows * cols)
-    r, c = np.divmod(rc, cols)
-    for dr, dc in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
-        rr, cc = r + dr, c + dc
-        ok = (rr >= 0) & (rr < rows) & (cc >= 0) & (cc < cols)
-        mask[p[ok], rr[ok], cc[ok]] = True
+    mask.reshape(-1)[side] = True
     return mask
 
 
@@ -169,36 +173,45 @@ def _pass(ph: dict, shape: tuple, parity: int, rng: Range, near: dict) -> _Pass:
     for n, (phase, (I, J), *nbs) in zip(sizes, grids):
         a, b, c, d = (ph[q][:, rows, cols] for q, (rows, cols) in nbs)
         out = slice(pos, pos + n)
-        u[out] = ph[phase][:, I, J].reshape(-1)
-        excluded[out] = near[phase][:, I, J].reshape(-1)
-        total = a + b + c + d
-        pred[out] = (total >> 2).reshape(-1)
-        key[out] = _variance(a, b, c, d).reshape(-1)
+        target = ph[phase][:, I, J]
+        # written straight into the pass's arrays (views of their slices in the grid's shape)
+        u[out].reshape(target.shape)[...] = target
+        excluded[out].reshape(target.shape)[...] = near[phase][:, I, J]
+        total = pred[out].reshape(target.shape)
+        np.add(a, b, out=total)
+        total += c
+        total += d
+        total >>= 2
+        _variance(a, b, c, d, key[out].reshape(target.shape))
         pos += n
     pad = rng.padding(u)
     valid = ~excluded if pad is None else ~(excluded | pad)
     return _Pass(parity, u, pred, u - pred, key, valid)
 
 
-def _variance(a, b, c, d) -> np.ndarray:
-    """16 x the variance of the four neighbours, in int32: 4 (db^2 + dc^2 + dd^2) -
-    (db + dc + dd)^2 with the differences to ``a`` clipped to +-8191 (exact for every
-    neighbourhood whose values lie within 8191 of ``a``, which is where the smooth pixels
-    are; rougher ones saturate, which only ties them at the end of the order)."""
-    diffs = []
-    for x in (b, c, d):
-        dx = (x - a).astype(np.int32, copy=False)
+def _variance(a, b, c, d, out: np.ndarray) -> np.ndarray:
+    """16 x the variance of the four neighbours, in int32 (into ``out``): 4 (db^2 + dc^2 +
+    dd^2) - (db + dc + dd)^2 with the differences to ``a`` clipped to +-8191 (exact for
+    every neighbourhood whose values lie within 8191 of ``a``, which is where the smooth
+    pixels are; rougher ones saturate, which only ties them at the end of the order).
+    In place, two scratch arrays: this runs on every candidate of every pass."""
+    total = np.empty(out.shape, np.int32)  # db + dc + dd
+    dx = np.empty(out.shape, a.dtype)
+    for i, x in enumerate((b, c, d)):
+        np.subtract(x, a, out=dx)
         np.clip(dx, -_CLIP, _CLIP, out=dx)
-        diffs.append(dx)
-    db, dc, dd = diffs
-    s = db + dc + dd
-    sq = db * db
-    sq += dc * dc
-    sq += dd * dd
-    sq *= 4
-    s *= s
-    sq -= s
-    return sq
+        dx32 = dx if dx.dtype == np.int32 else dx.astype(np.int32)
+        if i == 0:
+            total[...] = dx32
+            np.multiply(dx32, dx32, out=out)
+        else:
+            total += dx32
+            dx32 *= dx32
+            out += dx32
+    out *= 4
+    total *= total
+    out -= total
+    return out
 
 
 def _write(ph: dict, shape: tuple, parity: int, values: np.ndarray) -> None:
@@ -216,20 +229,50 @@ def _dtype(rng: Range):
 
 
 # -- one pass: plan, select, apply, invert ------------------------------------------------
+def _inner(e: np.ndarray, T: int) -> np.ndarray:
+    """``-T <= e < T`` in one unsigned comparison (``e + T`` as unsigned is below 2T
+    exactly then; the errors are far from the integer type's ends)."""
+    return (e + T).view(np.uint32 if e.dtype == np.int32 else np.uint64) < 2 * T
+
+
 def _changes(u: np.ndarray, e: np.ndarray, T: int):
     """(expandable, the new value for bit 0, for bit 1) of values ``u`` with errors ``e``."""
-    inner = (e >= -T) & (e < T)
-    new0 = u + np.minimum(np.maximum(e, -T), T)  # expanded: u + e (+ b); shifted: u +- T
+    inner = _inner(e, T)
+    new0 = np.clip(e, -T, T)
+    new0 += u  # expanded: u + e (+ b); shifted: u +- T
     return inner, new0, new0 + inner
+
+
+def _unsafe_all(u: np.ndarray, e: np.ndarray, T: int, rng: Range) -> np.ndarray:
+    _, new0, new1 = _changes(u, e, T)
+    bad = (new0 < rng.lo) | (new1 > rng.hi)
+    if rng.pad_lo is not None:
+        bad |= rng.padding(new0) | rng.padding(new1)
+    return bad
+
+
+def _within_reach(u: np.ndarray, T: int, rng: Range) -> np.ndarray:
+    """The flat indices of values ``u`` that a change of at most ``T`` could take out of the
+    range or into padding (a superset of the unsafe ones: only these need the exact test).
+    Usually none or a few, so the exact test runs on a small subset."""
+    if rng.hi - rng.lo < 2 * T:
+        return np.arange(u.size)
+    unsigned = np.uint32 if u.dtype == np.int32 else np.uint64
+    # lo + T <= u <= hi - T, as one unsigned comparison (u - lo - T, wrapped below 0)
+    near = (u - (rng.lo + T)).view(unsigned) > rng.hi - rng.lo - 2 * T
+    if rng.pad_lo is not None:
+        first = ((rng.pad_lo >> 1) << 1) - T  # the padding band, widened by T
+        near |= (u - first).view(unsigned) <= ((rng.pad_hi >> 1) << 1) + 1 + T - first
+    return np.flatnonzero(near)
 
 
 def _unsafe(u: np.ndarray, e: np.ndarray, T: int, rng: Range) -> np.ndarray:
     """Where changing a value ``u`` of error ``e`` could leave the range or make padding:
     such a pixel is never changed."""
-    _, new0, new1 = _changes(u, e, T)
-    bad = (new0 < rng.lo) | (new1 > rng.hi)
-    if rng.pad_lo is not None:
-        bad |= rng.padding(new0) | rng.padding(new1)
+    at = _within_reach(u, T, rng)
+    bad = np.zeros(u.shape, bool)
+    if len(at):
+        bad[at] = _unsafe_all(u[at], e[at], T, rng)
     return bad
 
 
@@ -246,11 +289,10 @@ class _Plan:
 
 
 def _plan(p: _Pass, T: int, rng: Range) -> _Plan:
-    inner, new0, new1 = _changes(p.u, p.e, T)
-    bad = (new0 < rng.lo) | (new1 > rng.hi)
-    if rng.pad_lo is not None:
-        bad |= rng.padding(new0) | rng.padding(new1)
-    eligible = p.valid & ~bad
+    inner = _inner(p.e, T)
+    new0 = np.clip(p.e, -T, T)
+    new0 += p.u
+    eligible = p.valid & ~_unsafe(p.u, p.e, T, rng)
     return _Plan(inner, new0, eligible, eligible & inner)
 
 
@@ -258,7 +300,7 @@ def _select(key: np.ndarray, eligible: np.ndarray, carrier: np.ndarray, n: int) 
     """The shortest prefix of the order holding ``n`` carriers: (V, k, its mask)."""
     if n == 0:
         return 0, 0, np.zeros(len(key), bool)
-    V = int(np.partition(key[carrier], n - 1)[n - 1])
+    V = int(np.partition(np.compress(carrier, key), n - 1)[n - 1])  # the n-th smallest carrier key
     sel = eligible & (key < V)
     need = n - int(np.count_nonzero(carrier & sel))
     eq = np.flatnonzero(eligible & (key == V))
@@ -279,17 +321,29 @@ def _prefix(key: np.ndarray, eligible: np.ndarray, V: int, k: int) -> np.ndarray
 def _apply(p: _Pass, plan: _Plan, sel: np.ndarray, bits: np.ndarray, T: int, rng: Range) -> tuple[np.ndarray, bytes]:
     """The pass's new values and its location map: which of the candidates that look
     unsafe after the pass (as extraction sees them) were changed rather than left."""
-    new = np.where(sel, plan.new0, p.u)
-    new[np.flatnonzero(sel & plan.carrier)] += bits
-    unsafe = p.valid & _unsafe(new, new - p.pred, T, rng)
+    at = np.flatnonzero(sel)
+    new = p.u.copy()
+    new[at] = plan.new0[at] + (bits if len(bits) == len(at) else _spread(plan.carrier[at], bits))
+    at = _within_reach(new, T, rng)  # as _unsafe, but the map needs only these
+    at = at[p.valid[at]]
+    unsafe = at[_unsafe_all(new[at], new[at] - p.pred[at], T, rng)]
     return new, pack_map(np.flatnonzero(sel[unsafe]))
+
+
+def _spread(carries: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """The bits, in order, at the positions that carry one (0 elsewhere)."""
+    out = np.zeros(len(carries), bits.dtype)
+    out[carries] = bits
+    return out
 
 
 def _eligible(p: _Pass, T: int, landed: np.ndarray, rng: Range) -> np.ndarray:
     """The candidates that were eligible at embedding, from the marked values and the map:
     one that looks safe was (a value left as it was is eligible exactly when it is safe),
     one that looks unsafe was when the map lists it."""
-    zone = np.flatnonzero(p.valid & _unsafe(p.u, p.e, T, rng))
+    at = _within_reach(p.u, T, rng)
+    at = at[p.valid[at]]
+    zone = at[_unsafe_all(p.u[at], p.e[at], T, rng)]
     if len(landed) and landed[-1] >= len(zone):
         raise Damaged("the location map points past the pixels it can name")
     eligible = p.valid.copy()
@@ -300,12 +354,15 @@ def _eligible(p: _Pass, T: int, landed: np.ndarray, rng: Range) -> np.ndarray:
 
 def _invert(p: _Pass, T: int, sel: np.ndarray, rng: Range) -> tuple[np.ndarray, np.ndarray]:
     """(the original values of the pass's candidates, the bits they carried)."""
-    ep = p.e
-    inner = (ep >= -2 * T) & (ep < 2 * T)
-    bits = (ep[sel & inner] & 1).astype(np.uint8)
-    e = np.where(inner, ep >> 1, np.where(ep >= 2 * T, ep - T, ep + T))
-    new = np.where(sel, p.pred + e, p.u)
-    if bool(_unsafe(new[sel], e[sel], T, rng).any()):
+    at = np.flatnonzero(sel)  # only the prefix changed: the work is on it alone
+    ep = p.e[at]
+    inner = _inner(ep, 2 * T)
+    bits = (ep[inner] & 1).astype(np.uint8)
+    e = np.where(inner, ep >> 1, ep - np.where(ep >= 2 * T, T, -T))
+    values = p.pred[at] + e
+    new = p.u.copy()
+    new[at] = values
+    if bool(_unsafe(values, e, T, rng).any()):
         raise Damaged("a restored value could not have been changed (near a range end or padding)")
     return new, bits
 
@@ -323,22 +380,23 @@ class Embedded:
 def _estimate_start(cross: _Pass, n: int, lo_t: int, hi_t: int) -> int:
     """Where the exact search starts: the threshold below the smallest at which twice the
     cross pass's expandable count reaches ``n`` (the dot pass holds about as much)."""
-    e = np.clip(cross.e[cross.valid], -hi_t - 1, hi_t)
-    cs = np.concatenate([[0], np.cumsum(np.bincount(e + hi_t + 1, minlength=2 * hi_t + 2))])
     for T in range(lo_t, hi_t + 1):
-        # -T <= e < T: bins -T + hi_t + 1 .. T - 1 + hi_t + 1
-        if 2 * (cs[T + hi_t + 1] - cs[-T + hi_t + 1]) >= n:
+        if 2 * np.count_nonzero(_inner(cross.e, T) & cross.valid) >= n:
             return max(lo_t, T - 1)
     return hi_t
 
 
 class _Layout:
-    """The side information's pixels (the first ``L`` non-padding ones) and the passes'
-    exclusion mask, for one L."""
+    """The side information's pixels (the first ``L`` non-padding ones), the passes'
+    exclusion mask (those pixels), and the planes the passes work on: ``X`` with their
+    least significant bits cleared (what every prediction reads of them)."""
 
     def __init__(self, X: np.ndarray, rng: Range, L: int):
         self.side = _side_positions(X.reshape(-1), rng, L)
-        self.near = _split(_near(X.shape, self.side), bool)
+        self.near = _split(_mask(X.shape, self.side), bool)
+        cleared = X.copy()
+        cleared.reshape(-1)[self.side] &= ~1
+        self.planes = _split(cleared, _dtype(rng))
 
 
 def _lsb_bits(X: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -355,14 +413,14 @@ def embed(X0: np.ndarray, payload: bytes, rng: Range, *, min_threshold: int = 1,
         raise NoCapacity(len(payload_bits), 0, f"the image is smaller than {MIN_SIZE}x{MIN_SIZE} pixels")
     if X0.size and (int(X0.min()) < rng.lo or int(X0.max()) > rng.hi):
         raise ValueError("pixel values outside the stored range")
-    ph0 = _split(X0, _dtype(rng))
-    L, layout, cross = 8 * 32, None, None
+    L, layout, cross = SIDE_BITS, None, None
     T = None
     while True:
         if layout is None or len(layout.side) != L:
             layout = _Layout(X0, rng, L)
             if len(layout.side) < L:
                 raise NoCapacity(len(payload_bits) + L, 0, "no room for the side information")
+            ph0 = layout.planes
             cross = _pass(ph0, shape, 0, rng, layout.near)
             if T is None:
                 T = _estimate_start(cross, len(payload_bits) + L, min_threshold, max_threshold)
@@ -419,14 +477,14 @@ def _try(ph0, shape, cross, T, rng, layout, payload_bits, side_lsb):
     return None
 
 
-def capacity(X0: np.ndarray, rng: Range, T: int, side_bits: int = 8 * 32) -> int:
+def capacity(X0: np.ndarray, rng: Range, T: int, side_bits: int = SIDE_BITS) -> int:
     """Bits the two passes hold at threshold ``T`` (the cross pass filled first), with
     ``side_bits`` pixels kept for the side information; its L bits are counted in."""
     shape = X0.shape
     if shape[1] < MIN_SIZE or shape[2] < MIN_SIZE:
         return 0
     layout = _Layout(X0, rng, side_bits)
-    ph = _split(X0, _dtype(rng))
+    ph = layout.planes
     cross = _pass(ph, shape, 0, rng, layout.near)
     plan1 = _plan(cross, T, rng)
     _, _, sel1 = _select(cross.key, plan1.eligible, plan1.carrier, plan1.capacity)
@@ -456,7 +514,7 @@ def extract(Xm: np.ndarray, rng: Range) -> tuple[bytes, np.ndarray, int]:
     aux = read_side_information(Xm, rng)
     shape = Xm.shape
     layout = _Layout(Xm, rng, aux.L)
-    ph = _split(Xm, _dtype(rng))
+    ph = layout.planes
     n = aux.L + 8 * aux.length
     if aux.n1 > n:
         raise Damaged("the side information is inconsistent")
@@ -480,11 +538,18 @@ def extract(Xm: np.ndarray, rng: Range) -> tuple[bytes, np.ndarray, int]:
 def distortion(before: np.ndarray, after: np.ndarray, rng: Range) -> dict:
     """Max absolute change and PSNR against the image's own dynamic range (max - min of
     its values, padding aside), not against 2^BitsStored - 1."""
-    diff = after - before  # both in the stored range: no overflow in their type
-    changed = diff[diff != 0].astype(np.int64)
-    content = before if rng.pad_lo is None else before[~rng.padding(before)]
-    span = int(content.max()) - int(content.min()) if content.size else 0
-    mse = float((changed * changed).sum()) / diff.size if diff.size else 0.0
+    diff = (after - before).reshape(-1)  # both in the stored range: no overflow in their type
+    if not diff.size:
+        return {"max_abs_change": 0, "psnr_db": None, "dynamic_range": 0, "pixels_changed": 0}
+    content = None if rng.pad_lo is None else ~rng.padding(before)
+    if content is None or content.all():
+        span = int(before.max()) - int(before.min())
+    elif content.any():
+        span = int(before.max(where=content, initial=rng.lo)) - int(before.min(where=content, initial=rng.hi))
+    else:
+        span = 0
+    changed = np.compress(diff != 0, diff).astype(np.int64)  # few: the pixels a carrier changed
+    mse = float(np.dot(changed, changed)) / diff.size
     psnr = None if mse == 0 else round(10 * math.log10(max(span, 1) ** 2 / mse), 2)
     return {"max_abs_change": int(np.abs(changed).max()) if changed.size else 0, "psnr_db": psnr,
             "dynamic_range": span, "pixels_changed": int(changed.size)}

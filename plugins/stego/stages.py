@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from pacsguard.daemon.errors import QuarantineError
-from pacsguard.daemon.extension import Options, Stage
+from pacsguard.daemon.extension import Measure, Options, Stage
 from pacsguard.daemon.keys import KeyUse, loaded
 from pacsguard.plugins.encryption import attributes as encrypted_attributes
 from pacsguard.plugins.encryption.envelope import WRAP_TYPES
@@ -74,6 +74,20 @@ class RevealOptions(Options):
         return [self.key] if self.key else list(self.keys)
 
 
+_CHANGE = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+#: the distortion record's figures, in the metrics (``pacsguard_embed_<name>``)
+MEASURES = {
+    "psnr_db": Measure("PSNR of the marked pixels against the image's own dynamic range (dB)",
+                       (30, 35, 40, 45, 50, 55, 60, 65, 70, 80, 90)),
+    "bits_per_pixel": Measure("carrier bits per pixel of the planes that hold it",
+                              (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2)),
+    "max_abs_change": Measure("largest change of any pixel value (stored units)", _CHANGE),
+    "threshold": Measure("reversible: the prediction-error threshold chosen", _CHANGE),
+    "carrier_bytes": Measure("bytes hidden in the pixels (header, encrypted payload)",
+                             (256, 512, 1024, 2048, 4096, 8192, 16384, 65536)),
+}
+
+
 class Embed(Stage):
     """Hide the patient data in the pixels, encrypted for re-identification key holders."""
 
@@ -81,6 +95,15 @@ class Embed(Stage):
     inverse = "reveal"
     Options = EmbedOptions
     dependencies = {"numpy": "numpy"}
+    measures = MEASURES
+
+    def measured(self, item) -> dict[str, float]:
+        """The distortion record's numbers (none when nothing was embedded; the PSNR only
+        when a pixel changed, the threshold only for method reversible)."""
+        record = item.results.get("embed") or {}
+        if not record.get("embedded"):
+            return {}
+        return {k: record[k] for k in MEASURES if record.get(k) is not None}
 
     @classmethod
     def key_uses(cls, options: EmbedOptions) -> list[KeyUse]:

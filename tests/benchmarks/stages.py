@@ -5,7 +5,9 @@ Stages are found by name in the plugin registry
 "not present" when no plugin provides it yet, so new stages are picked up as they land.
 Stages with an inverse are timed on the output of their forward stage (reveal after
 embed, decrypt after encrypt, ...). Any other registered stage is timed too, with its
-default options when it has them. Pixel decoding is timed through pacsguard's decoding
+default options when it has them; an option set counts when it validates and names keys of
+the run's key store of a type the stage accepts (reveal gets the recipient embed sealed
+for, not the secret key). Pixel decoding is timed through pacsguard's decoding
 path (the ``pacsguard_decode_pixels`` hook: a GPU decoder plugin takes it over) and
 through pydicom directly (the CPU reference).
 """
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 from .common import log, median, percentile
-from .contenders import stage_options
+from .contenders import STAGE_OPTION_CANDIDATES, fill
 from .corpus import CorpusFile
 
 #: stage name -> stages that must run first (untimed) on the same item
@@ -34,6 +36,31 @@ WATCHED: dict[str, tuple[str, ...]] = {
 }
 #: inverse stages read what their forward stage wrote: the item is written and re-read in between
 INVERSES = {"reveal": "embed", "decrypt": "encrypt", "unscramble": "scramble"}
+
+
+def stage_options(cls, keys: dict, store: dict) -> tuple[dict | None, str | None]:
+    """The first candidate option set (contenders.STAGE_OPTION_CANDIDATES, placeholders of
+    keys.py filled) that validates and whose keys the key store ``store`` holds with a type
+    the stage accepts, as the config check would judge them: (options, None) or (None, why).
+    A set that merely validates is not enough: ``reveal: {key: bench-secret}`` validates
+    but a secret key cannot open what embed sealed for the recipient."""
+    from pacsguard.daemon.keystore import check_uses
+
+    errors = []
+    for cand in STAGE_OPTION_CANDIDATES.get(cls.name, [{}]):
+        opts = fill(cand, keys)
+        try:
+            options = cls.Options(**opts)
+        except Exception as exc:  # pydantic ValidationError and friends
+            errors.append(str(exc).splitlines()[0])
+            continue
+        uses = cls.key_uses(options)
+        absent = [u.name for u in uses if u.name not in store]
+        wrong = check_uses(cls.name, uses, store, set(store), ())
+        if not absent and not wrong:
+            return opts, None
+        errors.append(f"key {', '.join(absent)} not in the benchmark's key store" if absent else wrong[0][1])
+    return None, f"no known option set fits ({'; '.join(errors[:2])})"
 
 
 def _facts():
@@ -75,14 +102,10 @@ def run(ct: list[CorpusFile], bundled: list[CorpusFile], keys: dict, *, store: d
                 missing = cls.missing_dependencies()
                 if missing:
                     raise LookupError(f"needs {', '.join(missing)}")
-                opts, why = stage_options(cls, keys)
+                opts, why = stage_options(cls, keys, key_map)
                 if opts is None:
                     raise LookupError(why)
-                options = cls.Options(**opts)
-                absent = [u.name for u in cls.key_uses(options) if u.name not in key_map]
-                if absent:
-                    raise LookupError(f"key {', '.join(absent)} not in the benchmark's key store")
-                instances[name] = cls(options)
+                instances[name] = cls(cls.Options(**opts))
             return instances[name]
 
         for name in names:

@@ -64,8 +64,11 @@ def test_embedded_default_validates(registry, tmp_path, monkeypatch):
     assert cfg.destinations["outbound"].type == "folder"
     assert cfg.spool.max_size == 2 * 2**30 and cfg.spool.retention == 3600.0
     assert cfg.spool.path == tmp_path / "pacsguard-data" / "spool"
-    assert [s.name for s in loaded.pipelines["images"]] == ["deidentify", "encrypt", "encrypt"]
-    assert [s.options.scope for s in loaded.pipelines["images"][1:]] == ["attributes", "pixels"]
+    assert [s.name for s in loaded.pipelines["images"]] == ["deidentify", "embed", "encrypt"]
+    embed, encrypt = loaded.pipelines["images"][1:]
+    assert (embed.options.method, embed.options.recipients, embed.options.on_no_capacity) == (
+        "reversible", ["demo-partner"], "attributes")
+    assert (encrypt.options.scope, encrypt.options.recipients) == ("pixels", ["demo-partner"])
     assert [s.name for s in loaded.pipelines["other"]] == ["deidentify", "encrypt"]
     assert [s.name for s in loaded.sources] == ["inbound"]
     assert loaded.destination_options["outbound"].path == tmp_path / "pacsguard-data" / "outbound"

@@ -25,7 +25,7 @@ from pacsguard.daemon import hookspecs
 from pacsguard.daemon.config import load_config_text
 from pacsguard.daemon.delivery import DestinationWorker
 from pacsguard.daemon.errors import DeliveryError, QuarantineError
-from pacsguard.daemon.extension import Destination, Stage
+from pacsguard.daemon.extension import Destination, Measure, Stage
 from pacsguard.daemon.hookspecs import hookimpl
 from pacsguard.daemon.item import Item, TransportFacts
 from pacsguard.daemon.pipeline import Processor
@@ -45,7 +45,7 @@ HOOKS = sorted(n for n, f in vars(hookspecs).items()
 
 
 def test_every_hook_has_a_test():
-    assert len(HOOKS) == 10, HOOKS  # the scan below must not pass vacuously
+    assert len(HOOKS) == 11, HOOKS  # the scan below must not pass vacuously
     pattern = re.compile(r"^\s*(?:async\s+)?def\s+test_hook_(pacsguard_\w+)\s*\(", re.MULTILINE)
     tested = set()
     for path in (REPO / "tests").rglob("*.py"):
@@ -116,6 +116,10 @@ class Observer:
         self._rec("pacsguard_stage_finished", locals())
 
     @hookimpl
+    def pacsguard_stage_result(self, job_id, route, stage, result):
+        self._rec("pacsguard_stage_result", locals())
+
+    @hookimpl
     def pacsguard_delivery_failed(self, job_id, route, destination, attempt, retry_in):
         self._rec("pacsguard_delivery_failed", locals())
 
@@ -142,6 +146,18 @@ class Crash(Stage):
 
     def process(self, item):
         raise RuntimeError(f"cannot handle {item.header.PatientName}")  # PHI in the message
+
+
+class Measuring(Stage):
+    """Reports a declared figure (and one it did not declare, which is dropped)."""
+    name = "acme-measure"
+    measures = {"rows": Measure("rows of the image", (64, 128, 256, 512))}
+
+    def process(self, item):
+        return item
+
+    def measured(self, item):
+        return {"rows": item.header.Rows, "secret": 1, "none": None}
 
 
 class Flaky(Destination):
@@ -318,6 +334,16 @@ def test_hook_pacsguard_stage_finished(tmp_path):
     assert (bug["job"], bug["route"], bug["stage"]) == (jobs["crash"], "crashing", "acme-crash")
     assert bug["error"].startswith("RuntimeError at test_hooks.py:")
     assert "CompressedSamples" not in repr(bug)  # exception messages may hold patient data
+
+
+def test_hook_pacsguard_stage_result(tmp_path):
+    routes = ROUTES + "  - {name: measuring, match: {source: measure}, pipeline: [{acme-measure: {}}], to: [out]}\n"
+    s = Setup(tmp_path, routes, observer=Observer(stages=(Reject, Crash, Measuring)))
+    jobs = {src: s.ingest(src) for src in ("ok", "measure", "reject")}
+    s.processor.process(list(jobs.values()))
+    # only the stage that declared measures reports, with its declared figures, as numbers
+    assert s.observer.seen("pacsguard_stage_result") == [
+        {"job_id": jobs["measure"], "route": "measuring", "stage": "acme-measure", "result": {"rows": 128.0}}]
 
 
 def test_hook_pacsguard_object_quarantined(tmp_path):

@@ -103,3 +103,42 @@ def test_metrics_and_healthz(tmp_path, service, immutable):
     status, _, body = _get(base + "/healthz")
     assert (status, body) == (200, "ok\n")
     assert svc.stop() == 0
+
+
+def test_embed_distortion_in_the_metrics(tmp_path, service):
+    """The embed stage's distortion record (PSNR, bits per pixel, max change, threshold)
+    reaches /metrics as histograms per route, through the worker process; no patient data."""
+    import crypto_util as cu
+    from e2e_util import write_ct_series
+
+    site = cu.generate_key("site", "secret", tmp_path / "keys")
+    reid = cu.generate_key("reid", "x25519", tmp_path / "keys")
+    cfg = folder_config(
+        tmp_path,
+        destinations={"ok": {"type": "folder", "path": str(tmp_path / "ok"), "template": "{SOPInstanceUID}.dcm"}},
+        routes=[{"name": "hidden", "pipeline": [{"deidentify": {"key": "site"}}, {"embed": {"recipients": ["reid"]}}],
+                 "to": ["ok"]}],
+        keys={"site": {"secret": str(site.private)}, "reid": {"private": str(reid.private)}},
+        metrics={"enabled": True, "host": "127.0.0.1", "port": 0},
+    )
+    svc = service(cfg).start()
+    (started,) = [x for x in svc.log_lines() if x.get("event") == "pacsguard started"]
+    base = f"http://127.0.0.1:{started['metrics_port']}"
+    for p in write_ct_series(tmp_path / "src", 3, size=256, patient=PATIENT_NAME, patient_id=PATIENT_ID):
+        (tmp_path / "in" / p.name).write_bytes(p.read_bytes())
+    wait_for(lambda: len(visible_files(tmp_path / "ok")) == 3, 30, "3 embedded deliveries")
+
+    def measured():
+        s = _samples(_get(base + "/metrics")[2])
+        return s.get('pacsguard_embed_psnr_db_count{route="hidden"}') == 3 and s
+
+    s = wait_for(measured, 20, "the embed figures in the metrics")
+    for name in ("psnr_db", "bits_per_pixel", "max_abs_change", "threshold", "carrier_bytes"):
+        assert s[f'pacsguard_embed_{name}_count{{route="hidden"}}'] == 3, name
+    assert 30 < s['pacsguard_embed_psnr_db_sum{route="hidden"}'] / 3 < 100
+    assert 0 < s['pacsguard_embed_max_abs_change_sum{route="hidden"}'] / 3 <= 32
+    assert s['pacsguard_embed_max_abs_change_bucket{le="32.0",route="hidden"}'] == 3
+    assert s['pacsguard_stage_seconds_count{outcome="ok",stage="embed"}'] == 3
+    body = _get(base + "/metrics")[2]
+    assert PATIENT_NAME not in body and PATIENT_ID not in body
+    assert svc.stop() == 0
