@@ -24,6 +24,9 @@ def add_commands(sub, with_config) -> None:
                    help="a private key (PKCS#8 PEM); a pq-hybrid key: one file with the ML-KEM-768 block then the "
                         "X25519 block (as keys generate writes it), or those two as separate files")
     s.add_argument("--cert", action="append", default=[], metavar="PEM", help="the certificate of an RSA key (CMS)")
+    s.add_argument("--transfer-syntax", choices=("native", "original"), default="native",
+                   help="decrypted pixels: native (default), or original: a lossless original re-encoded in its own "
+                        "transfer syntax (kept only when it decodes to the same pixels; lossy originals stay native)")
     s.set_defaults(func=cmd_decrypt)
     s = sub.add_parser("inspect", help="say what protection files carry (scopes, key IDs); no key needed")
     s.add_argument("paths", nargs="+", metavar="FILE")
@@ -117,7 +120,7 @@ def cmd_decrypt(args) -> int:
         dst = _target(src, root, out, single)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            scopes = decrypt_path(src, dst, keys)
+            scopes = decrypt_path(src, dst, keys, args.transfer_syntax)
         except (QuarantineError, OSError) as exc:
             failed += 1
             print(f"FAILED {src}: {getattr(exc, 'reason', None) or exc.strerror or type(exc).__name__}",

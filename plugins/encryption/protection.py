@@ -53,10 +53,11 @@ def describe(path: Path) -> dict:
     return {"file": str(path), "kind": "DICOM", "protections": out}
 
 
-def decrypt_path(src: Path, dst: Path, keys: list[Key]) -> list[str]:
+def decrypt_path(src: Path, dst: Path, keys: list[Key], transfer_syntax: str = "native") -> list[str]:
     """Write ``src`` decrypted with ``keys`` to ``dst`` (never overwritten, never partly
     written); return the scopes undone. QuarantineError when nothing could be undone or a
-    layer failed to authenticate."""
+    layer failed to authenticate. ``transfer_syntax`` is the pixel scope's (``native`` or
+    ``original``: a lossless original re-encoded in its own syntax, see ``pixels.decrypt``)."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
         raise QuarantineError(f"{dst} exists: not overwritten")
@@ -73,7 +74,7 @@ def decrypt_path(src: Path, dst: Path, keys: list[Key]) -> list[str]:
             raise QuarantineError("the content is not a readable DICOM file") from None
         skipped = []
         if block.find(ds) is not None:
-            _try(pixels.decrypt, ds, keys, "pixels", done, skipped)
+            _try(lambda d, k: pixels.decrypt(d, k, transfer_syntax), ds, keys, "pixels", done, skipped)
         while ds.get("EncryptedAttributesSequence"):
             if not _try(attributes.decrypt, ds, keys, "attributes", done, skipped):
                 break

@@ -150,3 +150,27 @@ def test_a_generated_pq_hybrid_key_file_decrypts_with_key_file(protected, tmp_pa
     assert main(["decrypt", str(protected["file"]), "-o", str(tmp_path / "file.dcm"), "--key-file", str(both)]) == 0
     assert (tmp_path / "file.dcm").read_bytes() == image("MR_small.dcm").read_bytes()
     assert "(file)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"])
+def test_transfer_syntax_original_re_encodes_a_lossless_original(name, tmp_path, capsys):
+    src = image(name)
+    original = pydicom.dcmread(src)
+    enc = protect(src, tmp_path / "in" / "p.dcm", ("pixels", ["x25519"]))
+    assert main(["decrypt", str(enc), "-o", str(tmp_path / "native.dcm"), *key_args(tmp_path, "x25519")]) == 0
+    assert main(["decrypt", str(enc), "-o", str(tmp_path / "orig.dcm"), "--transfer-syntax", "original",
+                 *key_args(tmp_path, "x25519")]) == 0
+    native, again = pydicom.dcmread(tmp_path / "native.dcm"), pydicom.dcmread(tmp_path / "orig.dcm")
+    assert not native.file_meta.TransferSyntaxUID.is_compressed
+    assert again.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert (again.pixel_array == original.pixel_array).all() and (native.pixel_array == original.pixel_array).all()
+    assert again.PatientName == original.PatientName
+
+
+def test_transfer_syntax_original_keeps_a_lossy_original_native(tmp_path, capsys):
+    enc = protect(image("JPEG2000.dcm"), tmp_path / "in" / "p.dcm", ("pixels", ["x25519"]))
+    assert main(["decrypt", str(enc), "-o", str(tmp_path / "orig.dcm"), "--transfer-syntax", "original",
+                 *key_args(tmp_path, "x25519")]) == 0
+    again = pydicom.dcmread(tmp_path / "orig.dcm")
+    assert not again.file_meta.TransferSyntaxUID.is_compressed
+    assert (again.pixel_array == pydicom.dcmread(image("JPEG2000.dcm")).pixel_array).all()
