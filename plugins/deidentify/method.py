@@ -7,8 +7,8 @@
   per profile and option used, from CID 7050 "De-identification Method" (DICOM PS3.16;
   the codes, scheme DCM, and meanings are taken from pydicom's copy of PS3.16,
   ``pydicom.sr.codedict.codes.DCM``): 113100 Basic Application Confidentiality Profile,
-  113101 Clean Pixel Data, 113102 Clean Recognizable Visual Features (not implemented,
-  never claimed), 113103 Clean Graphics, 113104 Clean Structured Content, 113105 Clean
+  113101 Clean Pixel Data, 113102 Clean Recognizable Visual Features (claimed only with
+  ``visual_features: cleaned``, the route vouching for its images), 113103 Clean Graphics, 113104 Clean Structured Content, 113105 Clean
   Descriptors, 113106 / 113107 Retain Longitudinal Temporal Information Full / Modified
   Dates, 113108 Retain Patient Characteristics, 113109 Retain Device Identity, 113110
   Retain UIDs, 113111 Retain Safe Private, 113112 Retain Institution Identity;
@@ -28,6 +28,7 @@ from pydicom.sr.codedict import codes
 #: stage option -> CID 7050 keyword in pydicom's DCM codes, in the order written
 OPTION_CODES = (
     ("clean_pixel_data", "CleanPixelDataOption"),
+    ("clean_recognizable_visual_features", "CleanRecognizableVisualFeaturesOption"),
     ("clean_graphics", "CleanGraphicsOption"),
     ("clean_structured_content", "CleanStructuredContentOption"),
     ("clean_descriptors", "CleanDescriptorsOption"),

@@ -81,6 +81,12 @@ def _marker(record: Dataset):
         return None
 
 
+def is_record(record: Dataset) -> bool:
+    """Whether ``record`` carries this stage's marker block (a record :func:`restore` reads)."""
+    block = _marker(record)
+    return block is not None and _SCHEME in block and block[_SCHEME].value == SCHEME
+
+
 def added(record: Dataset) -> list[int]:
     block = _marker(record)
     if block is None or _ADDED not in block:

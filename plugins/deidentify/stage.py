@@ -24,6 +24,8 @@ from .table import OPTION_COLUMNS
 from .walker import Run
 
 _SECRET = frozenset({"secret"})
+#: VL Photographic, Video Photographic Image Storage: photographs, possibly of a face
+VISUAL_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.4.1"})
 _SAFE_PRIVATE = re.compile(r"^([0-9A-Fa-f]{4}),[xX]{2}([0-9A-Fa-f]{2})$")
 
 
@@ -83,6 +85,22 @@ class DeidentifyOptions(Options):
     burned_in: Literal["quarantine", "allow"] = Field("quarantine", description="an object likely to carry burned-in"
                                                       " identity that no clean_pixel_data rule matches: quarantine,"
                                                       " or allow (pass with its pixels as they are)")
+
+    visual_features: Literal["quarantine", "allow", "cleaned"] = Field(
+        "quarantine", description="Clean Recognizable Visual Features Option (PS3.15 E.3.2): objects whose pixels may "
+        "show a face (VL / video photographic, external camera XC, and visual_features_sop_classes): quarantine; "
+        "allow (pass, the option NOT claimed); cleaned (the route vouches that its images are already cleaned: the "
+        "option is claimed, code 113102, on every object)")
+    visual_features_sop_classes: list[str] = Field(default_factory=list, description="more SOP Class UIDs that need "
+                                                   "Clean Recognizable Visual Features (e.g. head CT/MR volumes' classes)")
+
+    @field_validator("visual_features_sop_classes")
+    @classmethod
+    def _uids(cls, v: list) -> list:
+        for uid in v:
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+                raise ValueError(f"{uid!r} is not a UID")
+        return v
 
     @field_validator("pseudonym")
     @classmethod
@@ -165,6 +183,15 @@ class Deidentify(Stage):
         item.results[self.name] = self.apply(item.dataset, self.keyed(key), item.pixels)
         return item
 
+    def may_show_face(self, ds: Dataset) -> str | None:
+        """Why the pixels of ``ds`` may show recognizable visual features, or None."""
+        sop_class = str(ds.get("SOPClassUID", "") or "").strip("\0 ")
+        if sop_class in VISUAL_SOP_CLASSES or sop_class in self.options.visual_features_sop_classes:
+            return f"SOP Class {sop_class}"
+        if str(ds.get("Modality", "") or "").strip().upper() == "XC":
+            return "modality XC (external camera photography)"
+        return None
+
     def rule_for(self, ds: Dataset) -> CleanPixelRule | None:
         for conditions, rule in self.rules:
             if all(pred(lookup(k, ds, None)) for k, pred in conditions):
@@ -179,11 +206,17 @@ class Deidentify(Stage):
         if why and rule is None and self.options.burned_in != "allow":
             raise QuarantineError(f"burned-in identity likely ({why}) and no clean_pixel_data rule matches it "
                                   "(burned_in: allow on the route passes such objects)")
+        if self.options.visual_features == "quarantine" and (face := self.may_show_face(ds)):
+            raise QuarantineError(f"recognizable visual features possible ({face}): the Clean Recognizable Visual "
+                                  "Features Option is not applied (visual_features: cleaned on a route whose images "
+                                  "are cleaned, or allow)")
         originals, media_uid = Run(self.profile, keyed, self.settings, ds).top_level(ds)
         rec = record.new_record(ds, originals)
         if media_uid is not None:
             record.note_media_uid(rec, media_uid)
         used = sorted(self.enabled)
+        if self.options.visual_features == "cleaned":
+            used.append("clean_recognizable_visual_features")
         added: list[int] = []
         if rule is not None:
             burned.blank(ds, pixels() if pixels else ds.pixel_array, rule.rectangles, rule.fill)

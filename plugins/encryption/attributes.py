@@ -29,6 +29,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pacsguard.daemon.errors import QuarantineError
+from pacsguard.plugins.deidentify import record as deid_record
 
 from . import block
 from .envelope import check_rsa_size
@@ -119,8 +120,11 @@ def decrypt(ds: Dataset, keys) -> None:
         raise QuarantineError(f"not encrypted for key ID {mine} (recipients: {recipients})")
     index, item, key = ours[0]
     originals = _open(ds, item, key)
-    for elem in originals:
-        ds[elem.tag] = elem
+    if deid_record.is_record(originals):  # a deidentify record: its added attributes go, its marker stays out
+        deid_record.restore(ds, originals)
+    else:
+        for elem in originals:
+            ds[elem.tag] = elem
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         for own, mirror in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"), ("SOPClassUID", "MediaStorageSOPClassUID")):

@@ -276,3 +276,29 @@ def test_options_are_checked():
         with pytest.raises(ValidationError, match=why):
             Decrypt.Options.model_validate(bad)
     assert pixels.SCHEME != attributes.SCHEME
+
+
+def test_decrypt_restores_a_real_deidentify_record_exactly(tmp_path):
+    """The record of a real deidentify stage (with its marker block: the attributes it
+    added, the file meta's Media Storage SOP Instance UID) encrypted, then decrypted: the
+    original header exactly, no marker block and no added attribute left behind."""
+    from pacsguard.daemon.keys import Key, secret_key_id
+    from pacsguard.plugins.deidentify import Deidentify
+
+    secret = bytes(range(32))
+    src = with_patient(image("CT_small.dcm"), tmp_path / "in.dcm")
+    original = pydicom.dcmread(src)
+    assert "PatientIdentityRemoved" not in original
+    rsa_key = make_key("rsa")
+    keys = {"r": public_only(rsa_key), "k": Key("k", "secret", secret_key_id(secret), "/test/k.key", secret=secret)}
+    item = Item(1, src, FACTS, keys=keys)
+    Deidentify(Deidentify.Options(key="k")).process(item)
+    encrypt_stage(listed=()).process(item).write(tmp_path / "enc.dcm")
+    enc = pydicom.dcmread(tmp_path / "enc.dcm")
+    assert enc.PatientIdentityRemoved == "YES" and enc.SOPInstanceUID != original.SOPInstanceUID
+
+    dec = pydicom.dcmread(decrypt_file(tmp_path / "enc.dcm", tmp_path / "dec.dcm", key=rsa_key))
+    assert differing(dec, original) == []
+    assert dec.file_meta.MediaStorageSOPInstanceUID == original.file_meta.MediaStorageSOPInstanceUID
+    marker = [t for t in dec.keys() if t.group == 0x0011 and "PACSGUARD" in str(dec[t].value)]
+    assert marker == [] and [t for t in dec.keys() if t.group == 0x0011] == [t for t in original.keys() if t.group == 0x0011]
