@@ -87,18 +87,29 @@ def render(digits: np.ndarray, index: np.ndarray, variant: int) -> tuple[np.ndar
     return out, box
 
 
-def split() -> dict:
-    """The fixed data: ``train`` (VARIANTS renderings of the training digits) and ``test``
-    (variant 0 of the held-out digits), each (images, boxes)."""
+def _digits():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     idx = np.arange(len(digits.target))
     itr, ite = train_test_split(idx, test_size=0.2, stratify=digits.target, random_state=SEED)
-    parts = [render(digits.images, itr, v) for v in range(VARIANTS)]
+    return digits.images, itr, ite
+
+
+def test_split() -> tuple[np.ndarray, np.ndarray]:
+    """The held-out (images, boxes): variant 0 of the test digits."""
+    images, _, ite = _digits()
+    return render(images, ite, 0)
+
+
+def split() -> dict:
+    """The fixed data: ``train`` (VARIANTS renderings of the training digits) and ``test``
+    (:func:`test_split`), each (images, boxes)."""
+    images, itr, ite = _digits()
+    parts = [render(images, itr, v) for v in range(VARIANTS)]
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    return {"train": train, "test": render(digits.images, ite, 0)}
+    return {"train": train, "test": render(images, ite, 0)}
 
 
 def salts(n: int, purpose: bytes) -> list[bytes]:
@@ -190,8 +201,6 @@ def encipher(encoder, images: np.ndarray, secrets: list[bytes], salt_list: list[
 
 def decipher(decoder, cipher: np.ndarray, secrets: list[bytes], salt_list: list[bytes]) -> np.ndarray:
     """Restored 8-bit images: unmix with the key, then the reconstruction network."""
-    import torch
-
     q = np.stack([chaos.unmix(c, chaos.derive(s, salt, IMAGE, IMAGE)) for c, s, salt in zip(cipher, secrets, salt_list)])
     return apply(decoder, q)
 
@@ -309,7 +318,7 @@ def evaluate_networks(networks: dict, data: dict | None = None) -> dict:
     from . import neural_nets as nets
 
     networks = {k: v.to("cpu").eval() for k, v in networks.items()}
-    xte, bte = (data or split())["test"]
+    xte, bte = data["test"] if data else test_split()
     n = len(xte)
     key_salts = salts(n, b"evaluation")
     right, wrong = [EVALUATION_KEY] * n, [WRONG_KEY] * n
@@ -352,7 +361,8 @@ def evaluate_networks(networks: dict, data: dict | None = None) -> dict:
 
 def evaluate(device: str = "cpu") -> dict:
     """Evaluate the shipped weights on the held-out split (360 phantoms of held-out digits),
-    in the stage's own code path (8-bit encoder image, :mod:`.chaos` mixing):
+    with the stage's 8-bit rounding and :mod:`.chaos` mixing (the tests check the stage's
+    own :func:`.neural.encrypt` / :func:`.neural.restore` against these figures):
 
     - ``restore_right_key`` / ``restore_wrong_key`` / ``restore_right_key_wrong_salt``:
       PSNR (dB) and SSIM of ``neural-restore``'s network output against the original;

@@ -36,7 +36,7 @@ KEYS = {"neural": KEY, "other": OTHER}
 
 @pytest.fixture(scope="module")
 def held_out():
-    return train_neural.split()["test"]
+    return train_neural.test_split()
 
 
 def documented() -> dict:
