@@ -18,6 +18,27 @@ Creator ``PACSGUARD INFER 1``:
     xx03 FD  probability of every label (VM 1-n, in the order of xx04)
     xx04 LO  the model's labels (VM 1-n)
     xx05 LO  key ID the model was converted with (empty: the plain model on plain pixels)
+
+Creator ``PACSGUARD NEURAL 1`` (experimental ``neural-encrypt``):
+
+    xx01 LO  scheme and version ("PACSGUARD NEURAL 1")
+    xx02 LO  model name and version of the encoder / reconstruction networks
+    xx03 LO  key ID of the secret the mixing was derived from
+    xx04 OB  the object's random 16-byte salt (mixing and AES-GCM associated data)
+    xx05 UI  Transfer Syntax UID of the object as received
+    xx06 OB  the original values of the marking attributes (as xx06 of SCRAMBLE)
+    xx07 CS  the Photometric Interpretation received (MONOCHROME1 or MONOCHROME2)
+    xx08 OB  the exact original, only with ``exact: true``: 12-byte nonce || AES-256-GCM
+             ciphertext and tag of the original 32 x 32 8-bit pixel values (row-major);
+             key HMAC-SHA256(secret, "PACSGUARD NEURAL 1\0exact original"), associated
+             data "PACSGUARD NEURAL 1" || salt
+
+Creator ``PACSGUARD ROI 1`` (experimental ``roi``):
+
+    xx01 LO  model name and version
+    xx02 US  region of interest: top, left, bottom, right in pixels (VM 4; bottom and
+             right exclusive)
+    xx03 CS  what the network read: ENCRYPTED (a neural-encrypt cipher image) or PLAIN
 """
 
 from __future__ import annotations
@@ -37,9 +58,13 @@ from pacsguard.daemon.errors import QuarantineError
 GROUP = 0x0011
 SCRAMBLE_CREATOR = "PACSGUARD SCRAMBLE 1"
 INFER_CREATOR = "PACSGUARD INFER 1"
+NEURAL_CREATOR = "PACSGUARD NEURAL 1"
+ROI_CREATOR = "PACSGUARD ROI 1"
 
 SCHEME, BLOCK_SIZE, FLIP, KEY_ID, ORIGINAL_TS, ORIGINALS = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 MODEL, LABEL, PROBABILITIES, LABELS, MODEL_KEY_ID = 0x01, 0x02, 0x03, 0x04, 0x05
+N_SCHEME, N_MODEL, N_KEY_ID, N_SALT, N_ORIGINAL_TS, N_ORIGINALS, N_PHOTOMETRIC, N_EXACT = range(1, 9)
+ROI_MODEL, ROI_BOX, ROI_INPUT = 0x01, 0x02, 0x03
 
 _ENTRIES = {
     SCRAMBLE_CREATOR: {
@@ -56,6 +81,21 @@ _ENTRIES = {
         PROBABILITIES: ("FD", "1-n", "Label Probabilities"),
         LABELS: ("LO", "1-n", "Model Labels"),
         MODEL_KEY_ID: ("LO", "1", "Model Conversion Key ID"),
+    },
+    NEURAL_CREATOR: {
+        N_SCHEME: ("LO", "1", "Neural Cipher Scheme"),
+        N_MODEL: ("LO", "1", "Neural Cipher Model"),
+        N_KEY_ID: ("LO", "1", "Neural Cipher Key ID"),
+        N_SALT: ("OB", "1", "Neural Cipher Salt"),
+        N_ORIGINAL_TS: ("UI", "1", "Neural Received Transfer Syntax UID"),
+        N_ORIGINALS: ("OB", "1", "Neural Original Marking Values"),
+        N_PHOTOMETRIC: ("CS", "1", "Neural Received Photometric Interpretation"),
+        N_EXACT: ("OB", "1", "Neural Encrypted Exact Original"),
+    },
+    ROI_CREATOR: {
+        ROI_MODEL: ("LO", "1", "ROI Model"),
+        ROI_BOX: ("US", "4", "ROI Box"),
+        ROI_INPUT: ("CS", "1", "ROI Input"),
     },
 }
 
