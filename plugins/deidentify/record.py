@@ -38,32 +38,40 @@ def new_record(ds: Dataset, originals: dict) -> Dataset:
     return Dataset({Tag(t): e for t, e in sorted(elements.items())})
 
 
-def _block(record: Dataset):
-    """The marker block, created in a block of group 0011 that no recorded original uses
-    (an original private element without its creator may sit in any block)."""
-    block = _marker(record)
-    if block is None:
-        used = {t.element >> 8 for t in record.keys() if t.group == GROUP and t.element >= 0x1000}
-        used |= {t.element for t in record.keys() if t.group == GROUP and 0x10 <= t.element <= 0xFF}
-        free = next(b for b in range(0x10, 0x100) if b not in used)
-        record.add_new(GROUP << 16 | free, "LO", CREATOR)
-        block = _marker(record)
-        block.add_new(_SCHEME, "LO", SCHEME)
-    return block
+def _block(record: Dataset) -> int:
+    """The marker block's base tag (0011,xx00), the block created if it is not there yet, in
+    a block of group 0011 that no recorded original uses (an original private element
+    without its creator may sit in any block). Only group 0011 is looked at."""
+    used = set()
+    for t in record.keys():
+        if t >> 16 != GROUP:
+            continue
+        element = t & 0xFFFF
+        if 0x10 <= element <= 0xFF:
+            if record[t].value == CREATOR:
+                return GROUP << 16 | element << 8
+            used.add(element)
+        elif element >= 0x1000:
+            used.add(element >> 8)
+    free = next(b for b in range(0x10, 0x100) if b not in used)
+    record.add_new(GROUP << 16 | free, "LO", CREATOR)
+    base = GROUP << 16 | free << 8
+    record.add_new(base | _SCHEME, "LO", SCHEME)
+    return base
 
 
 def note_media_uid(record: Dataset, uid: str) -> None:
     """Keep the file meta's original Media Storage SOP Instance UID (replaced by the stage)."""
-    _block(record).add_new(_MEDIA_UID, "UI", uid)
+    record.add_new(_block(record) | _MEDIA_UID, "UI", uid)
 
 
 def note_added(record: Dataset, tags: list[int]) -> None:
     """Mark ``tags`` as added by the stage (absent from the original)."""
     if not tags:
         return
-    block = _block(record)
-    prior = list(_as_list(block[_ADDED].value)) if _ADDED in block else []
-    block.add_new(_ADDED, "AT", sorted({int(t) for t in prior} | {int(t) for t in tags}))
+    tag = _block(record) | _ADDED
+    prior = list(_as_list(record[tag].value)) if tag in record else []
+    record.add_new(tag, "AT", sorted({int(t) for t in prior} | {int(t) for t in tags}))
 
 
 def _as_list(v) -> list:

@@ -87,6 +87,27 @@ def _raw_is_safe(raw) -> bool:
     return size is None or len(raw.value) % size == 0
 
 
+def _changed_copy(item: Dataset, changes: dict) -> Dataset:
+    """A new item: ``item``'s elements (shared, raw ones left unconverted, in its reading
+    context: character set, encoding, pixel representation) with ``changes`` applied."""
+    new = Dataset.__new__(Dataset)
+    new.__dict__.update(item.__dict__)
+    new._dict = {t: e for t, e in item._dict.items() if changes.get(t) is not REMOVE}
+    new._private_blocks, new._pixel_array, new._pixel_id = {}, None, {}
+    new._pixel_array_opts = dict(item._pixel_array_opts)
+    for tag, out in changes.items():
+        if out is not REMOVE:
+            new[tag] = out
+    return new
+
+
+def _same_raw(raw: RawDataElement, new: DataElement) -> bool:
+    """:func:`_same` for an unconverted original: an empty one (padding only) emptied."""
+    value = new.value
+    empty = value is None or (hasattr(value, "__len__") and len(value) == 0)
+    return empty and raw.VR == new.VR and not raw.value.strip(b" \0")
+
+
 def _same(original: DataElement, new: DataElement) -> bool:
     """A replacement equal to the original (an empty attribute emptied): no change."""
     return original.VR == new.VR and original.value == new.value
@@ -173,6 +194,12 @@ class Run:
                 raw = ds.get_item(tag, keep_deferred=True)
                 originals[tag] = raw if _raw_is_safe(raw) else self._original(ds, tag, out)
                 removed.append(tag)
+                continue
+            raw = ds.get_item(tag, keep_deferred=True)
+            if _raw_is_safe(raw):  # recorded unconverted (a PN's conversion alone costs more than its change)
+                if not _same_raw(raw, out):
+                    originals[tag] = raw
+                    ds[tag] = out
                 continue
             original = self._original(ds, tag, out)
             if not _same(original, out):
@@ -341,17 +368,16 @@ class Run:
         changes = {}
         for tag in list(item.keys()):
             out = self.element(item, tag, depth, mode)
-            if out is not KEEP and (out is REMOVE or not _same(self.convert(item, tag), out)):
-                changes[tag] = out
+            if out is KEEP:
+                continue
+            if out is not REMOVE:
+                raw = item.get_item(tag, keep_deferred=True)
+                if _same_raw(raw, out) if _raw_is_safe(raw) else _same(self.convert(item, tag), out):
+                    continue
+            changes[tag] = out
         if not changes:
             return None
-        new = Dataset()
-        for tag in item.keys():
-            out = changes.get(tag, KEEP)
-            if out is REMOVE:
-                continue
-            new[tag] = self.convert(item, tag) if out is KEEP else out
-        return new
+        return _changed_copy(item, changes)
 
     def _private(self, ds: Dataset) -> set:
         """The private tags of ``ds`` to keep (Retain Safe Private), computed once per data set."""
