@@ -109,7 +109,11 @@ def _same_raw(raw: RawDataElement, new: DataElement) -> bool:
 
 
 def _same(original: DataElement, new: DataElement) -> bool:
-    """A replacement equal to the original (an empty attribute emptied): no change."""
+    """A replacement equal to the original (an empty attribute emptied): no change. A
+    sequence the walk returns is a changed one (unchanged ones are kept), so only emptied
+    empty sequences are compared (not item by item)."""
+    if original.VR == "SQ" and new.VR == "SQ":
+        return not original.value and not new.value
     return original.VR == new.VR and original.value == new.value
 
 
