@@ -13,6 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from pacsguard.daemon.errors import QuarantineError
+from pacsguard.plugins.deidentify import record as deid_record
 
 from . import carrier, image, lsb, pee
 
@@ -108,11 +109,16 @@ def describe(ds: Dataset, arr) -> dict:
 def restore_header(ds: Dataset, payload: Dataset) -> list[str]:
     """Put the payload's elements into ``ds`` (the file meta's copies of the SOP UIDs too);
     the keywords (or tags) restored."""
-    for elem in payload:
-        ds[elem.tag] = elem
+    if deid_record.is_record(payload):  # a deidentify record: its added attributes go, its marker stays out
+        deid_record.restore(ds, payload)
+        restored = deid_record.originals(payload)
+    else:
+        restored = list(payload)
+        for elem in payload:
+            ds[elem.tag] = elem
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         for own, mirror in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"), ("SOPClassUID", "MediaStorageSOPClassUID")):
             if own in payload and mirror in meta:
                 setattr(meta, mirror, payload[own].value)
-    return [elem.keyword or str(elem.tag) for elem in payload]
+    return [elem.keyword or str(elem.tag) for elem in restored]

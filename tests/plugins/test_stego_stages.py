@@ -322,3 +322,29 @@ def test_the_listed_attributes_are_the_payload_without_deidentify(tmp_path):
     assert back.results["reveal"]["attributes"] == ["PatientName", "PatientID"]
     dec = pydicom.dcmread(tmp_path / "r.dcm")
     assert (dec.PatientName, dec.PatientID) == ("DOE^JANE", "PID-0001")
+
+
+def test_reveal_of_a_real_deidentify_record_restores_the_header_exactly(tmp_path):
+    """The record of the real deidentify stage (its marker block: the attributes it added,
+    Patient Identity Removed and De-identification Method among them) embedded, then
+    revealed: the original header exactly, nothing the stage added left behind."""
+    from pacsguard.daemon.keys import Key, secret_key_id
+    from pacsguard.plugins.deidentify import Deidentify
+
+    src = write_ct_series(tmp_path / "in", 1, size=256)[0]
+    original = pydicom.dcmread(src)
+    assert "PatientIdentityRemoved" not in original and original.PatientName
+    secret = bytes(range(32))
+    it = item(src, {"reid": public_only(KEY), "k": Key("k", "secret", secret_key_id(secret), "/t/k.key", secret=secret)})
+    Deidentify(Deidentify.Options(key="k")).process(it)
+    embed_stage("reid").process(it)
+    it.write(tmp_path / "e.dcm")
+    marked = pydicom.dcmread(tmp_path / "e.dcm")
+    assert marked.PatientIdentityRemoved == "YES" and marked.PatientName != original.PatientName
+    back = revealed(tmp_path / "e.dcm", tmp_path / "r.dcm")
+    dec = pydicom.dcmread(tmp_path / "r.dcm")
+    assert differing(dec, original, ignore=ENCODING) == []
+    assert "PatientIdentityRemoved" not in dec and "DeidentificationMethod" not in dec
+    assert [t for t in dec.keys() if t.group == 0x0011] == [t for t in original.keys() if t.group == 0x0011]
+    assert "PatientIdentityRemoved" not in back.results["reveal"]["attributes"]
+    assert sha(dec.pixel_array) == sha(decoded(src))
