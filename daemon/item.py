@@ -176,12 +176,14 @@ class Item:
     def sop_uid_hash(self) -> str | None:
         return uid_hash(self.header.get("SOPInstanceUID"))
 
-    def write(self, dest: Path, dirs: set | None = None) -> int:
+    def write(self, dest: Path, dirs: set | None = None, sync: bool = True) -> int:
         """Write the (modified) dataset to ``dest`` durably; return the bytes written.
 
         ``dirs``: the caller fsyncs the folders (``dest``'s, and its parent's when the
         folder is new) once for several files, before it relies on them; they are added to
-        this set instead of being synced here.
+        this set instead of being synced here. ``sync=False``: nothing is fsync'd (the
+        spool's processed outputs, which it can make again: see :mod:`.spool`); the file
+        is still complete under its name or absent (written under a temporary name, renamed).
 
         When the pixel data was never loaded (the stages changed attributes only) and the
         encoding is unchanged, its bytes are copied from the received file by the kernel
@@ -190,9 +192,11 @@ class Item:
         made = not dest.parent.is_dir()
         dest.parent.mkdir(parents=True, exist_ok=True)
         if self._sealer is not None:
-            size = self._write_sealed(dest)
+            size = self._write_sealed(dest, sync)
         else:
-            size = _durably(dest, self._encode)
+            size = _durably(dest, self._encode, sync)
+        if not sync:
+            return size
         folders = [dest.parent, dest.parent.parent] if made else [dest.parent]
         if dirs is not None:
             dirs.update(folders)
@@ -229,7 +233,7 @@ class Item:
             del ds[_PIXEL_DATA]
         return ds
 
-    def _write_sealed(self, dest: Path) -> int:
+    def _write_sealed(self, dest: Path, sync: bool = True) -> int:
         plain = self.path if self._seal_received else dest.with_name(dest.name + ".plain.part")
         try:
             if not self._seal_received:
@@ -247,8 +251,8 @@ class Item:
                     head.walk(lambda *_: None)  # parsed in the encoding it was read in (some files mix VRs)
                     head.save_as(fh, enforce_file_format=True)
 
-            size = _durably(header_path(dest), clear_header)
-            return size + _durably(dest, seal)
+            size = _durably(header_path(dest), clear_header, sync)
+            return size + _durably(dest, seal, sync)
         finally:
             if not self._seal_received:
                 plain.unlink(missing_ok=True)
@@ -296,14 +300,16 @@ def _save(ds: Dataset, fh) -> None:
     write_dataset_fast(out, ds)
 
 
-def _durably(dest: Path, fill) -> int:
-    """Write ``dest`` through ``fill(fh)`` into a temporary name, fsync, rename; its size."""
+def _durably(dest: Path, fill, sync: bool = True) -> int:
+    """Write ``dest`` through ``fill(fh)`` into a temporary name, fsync (unless not
+    ``sync``), rename; its size."""
     tmp = dest.with_name(dest.name + ".part")
     try:
         with open(tmp, "wb") as fh:
             fill(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                os.fsync(fh.fileno())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

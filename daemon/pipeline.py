@@ -316,7 +316,7 @@ class Processor:
                     path = w.job.path
                     if w.item.modified:
                         path = self.spool.out_path(job_id, w.route.name, w.item.output_suffix)
-                        extra += w.item.write(path, dirs)
+                        extra += w.item.write(path, dirs, sync=self.spool.sync_outputs)
                         header = w.item.written_header() if len(ws) == 1 and len(w.route.to) == 1 else None
                         if header is not None:
                             HEADERS.put(path, header)  # what was written: its delivery need not parse it

@@ -19,6 +19,16 @@ is adopted with the facts its source recorded in it (see ``Source.orphan_facts``
 deleted when its source says it cannot have been acknowledged; ``*.part`` files are
 deleted. An adopted object that was in fact never acknowledged is sent again by its
 sender: delivery is at-least-once.
+
+Processed outputs (``out/``) are not fsync'd where the OS tells its boot (Linux's
+``/proc/sys/kernel/random/boot_id``): they can always be made again from the received
+file, which is durable and kept until every delivery is done. A kill -9 of the service
+keeps them (they are in the OS's page cache); only a crash of the OS itself (power cut,
+kernel panic: a new boot) can take them. So the boot that writes them is recorded
+durably (``meta.outputs_boot``) before any is written, and a start in another boot
+processes again every job whose processed outputs were not all delivered yet (its
+delivered and quarantined deliveries are kept and not sent again). Where the boot is
+unknown, outputs are fsync'd as received files are.
 """
 
 from __future__ import annotations
@@ -116,6 +126,17 @@ class Delivery:
     received_at: float
 
 
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str | None:
+    """This boot of the OS (Linux), or None where the OS does not tell."""
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or "_"
 
@@ -141,6 +162,7 @@ class Spool:
         #: (job id, facts) of the orphans the last :meth:`recover` adopted
         self.adopted: list[tuple[int, TransportFacts]] = []
         self.readonly = readonly
+        self._sync_outputs: bool | None = None
         if readonly:
             if not self.db_path.exists():
                 raise FileNotFoundError(f"no spool at {self.root} (has the service run yet?)")
@@ -314,8 +336,9 @@ class Spool:
         again; the service re-queues them. The adopted jobs, (job id, facts), are left in
         :attr:`adopted` for the service to announce (logs, the object-received hook).
         """
+        stats = {"partial_removed": 0, "orphans_adopted": 0, "orphans_removed": 0,
+                 "reprocessed_after_reboot": self._outputs_of_this_boot()}
         known = {row[0] for row in self._conn().execute("SELECT path FROM jobs")}
-        stats = {"partial_removed": 0, "orphans_adopted": 0, "orphans_removed": 0}
         for sub in sorted(self.incoming.iterdir()) if self.incoming.exists() else []:
             if not sub.is_dir():
                 continue
@@ -339,6 +362,61 @@ class Spool:
         for tmp in self.out.rglob("*.part") if self.out.exists() else []:
             tmp.unlink(missing_ok=True)
         return stats
+
+    @property
+    def sync_outputs(self) -> bool:
+        """Whether processed outputs must be fsync'd: unless this boot is the one recorded
+        (by :meth:`recover`) as writing them unsynced."""
+        if self._sync_outputs is None:
+            current = boot_id()
+            row = self._conn().execute("SELECT value FROM meta WHERE key='outputs_boot'").fetchone()
+            self._sync_outputs = current is None or row is None or row[0] != current
+        return self._sync_outputs
+
+    def _outputs_of_this_boot(self) -> int:
+        """After another boot, put the jobs whose processed outputs were not all delivered
+        back to 'received' (those outputs were not fsync'd); record this boot, durably, as
+        the one writing outputs from now on. Returns the jobs put back."""
+        current = boot_id()
+        if current is None:
+            return 0
+        conn = self._conn()
+        row = conn.execute("SELECT value FROM meta WHERE key='outputs_boot'").fetchone()
+        if row is not None and row[0] == current:
+            return 0
+        stale: list[str] = []
+        jobs: list = []
+        conn.execute("PRAGMA synchronous=FULL")  # this commit reaches the disk before any unsynced output
+        try:
+            with self._tx() as db:
+                if row is not None:
+                    jobs = db.execute(
+                        "SELECT DISTINCT j.id, j.path FROM jobs j JOIN deliveries d ON d.job_id = j.id"
+                        " WHERE j.state='routed' AND d.state='pending' AND d.path LIKE 'out/%'").fetchall()
+                now = time.time()
+                for job in jobs:
+                    stale += [r[0] for r in db.execute(
+                        "SELECT DISTINCT path FROM deliveries WHERE job_id=? AND state='pending' AND path LIKE 'out/%'",
+                        (job["id"],))]
+                    db.execute("DELETE FROM deliveries WHERE job_id=? AND state='pending'", (job["id"],))
+                    try:
+                        size = (self.root / job["path"]).stat().st_size
+                    except OSError:
+                        size = 0
+                    db.execute("UPDATE jobs SET state='received', size=?, updated_at=? WHERE id=?",
+                               (size, now, job["id"]))
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('outputs_boot', ?)", (current,))
+        finally:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        for rel in stale:
+            (self.root / rel).unlink(missing_ok=True)
+            header_path(self.root / rel).unlink(missing_ok=True)
+        if jobs:
+            self._used = conn.execute("SELECT COALESCE(SUM(size), 0) FROM jobs").fetchone()[0]
+            _log.warning("the OS restarted since processed objects were written: they are processed again "
+                         "from the received files", jobs=len(jobs))
+        self._sync_outputs = False
+        return len(jobs)
 
     # -- processing ----------------------------------------------------------------------
     def _job(self, row) -> Job:
@@ -368,7 +446,12 @@ class Spool:
         """Record the deliveries (route, destination, file) of a processed job, atomically."""
         now = time.time()
         with self._tx() as db:
+            # a job processed again (after a reboot) keeps what was delivered or quarantined
+            settled = {(r[0], r[1]) for r in db.execute(
+                "SELECT route, destination FROM deliveries WHERE job_id=? AND state!='pending'", (job_id,))}
             for route, dest, path in deliveries:
+                if (route, dest) in settled:
+                    continue
                 db.execute(
                     "INSERT INTO deliveries (job_id, route, destination, path, state, next_attempt_at,"
                     " created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
@@ -378,6 +461,8 @@ class Spool:
                 "UPDATE jobs SET state='routed', uid_hash=?, size=size+?, updated_at=? WHERE id=?",
                 (uid_hash, extra_bytes, now, job_id),
             )
+            if settled:
+                self._settle(db, job_id, now)
         with self._lock:
             self._used += extra_bytes
         if extra_bytes and self.on_grew is not None:
@@ -430,6 +515,9 @@ class Spool:
 
     def _settle_job(self, db, delivery_id: int, now: float) -> None:
         job_id = db.execute("SELECT job_id FROM deliveries WHERE id=?", (delivery_id,)).fetchone()[0]
+        self._settle(db, job_id, now)
+
+    def _settle(self, db, job_id: int, now: float) -> None:
         states = {r[0] for r in db.execute("SELECT state FROM deliveries WHERE job_id=?", (job_id,))}
         if "pending" in states:
             state = "routed"
@@ -449,6 +537,8 @@ class Spool:
                 path = db.execute("SELECT path FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
             else:
                 path = db.execute("SELECT path FROM deliveries WHERE id=?", (delivery_id,)).fetchone()[0]
+                if path.startswith("out/") and (self.root / path).exists():
+                    fsync_file(self.root / path)  # kept for the admin: durable now (outputs are not, by default)
             qid = db.execute(
                 "INSERT INTO quarantine (job_id, delivery_id, reason, place, created_at) VALUES (?,?,?,?,?)",
                 (job_id, delivery_id, reason, place, now),

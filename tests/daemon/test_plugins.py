@@ -216,7 +216,7 @@ routes:
     with pytest.raises(ConfigError) as excinfo:
         load_config_text(text, registry)
     assert len(excinfo.value.errors) == 1, excinfo.value.errors
-    assert "unknown stage 'acme-uper' (known: acme-upper, decrypt, deidentify, embed, encrypt, infer, reveal, scramble, set-attributes, unscramble)" in excinfo.value.errors[0]
+    assert "unknown stage 'acme-uper' (known: acme-upper, decrypt, deidentify, embed, encrypt, infer, neural-encrypt, neural-restore, reveal, roi, scramble, set-attributes, unscramble)" in excinfo.value.errors[0]
 
 
 # --- the CLI -----------------------------------------------------------------------------
