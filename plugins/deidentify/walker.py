@@ -195,11 +195,11 @@ class Run:
             if out is KEEP:
                 continue
             if out is REMOVE:
-                raw = ds.get_item(tag, keep_deferred=True)
+                raw = ds._dict.get(tag)
                 originals[tag] = raw if _raw_is_safe(raw) else self._original(ds, tag, out)
                 removed.append(tag)
                 continue
-            raw = ds.get_item(tag, keep_deferred=True)
+            raw = ds._dict.get(tag)
             if _raw_is_safe(raw):  # recorded unconverted (a PN's conversion alone costs more than its change)
                 if not _same_raw(raw, out):
                     originals[tag] = raw
@@ -225,7 +225,7 @@ class Run:
         """Some files mix implicit VR elements into an explicit VR data set: convert those
         now, while the encoding they were read in still applies, so the object can be written."""
         for tag in list(ds.keys()):
-            raw = ds.get_item(tag, keep_deferred=True)
+            raw = ds._dict.get(tag)
             if getattr(raw, "VR", "") is None and getattr(raw, "value", None) is not None:
                 self.convert(ds, tag)
 
@@ -233,7 +233,7 @@ class Run:
         try:
             return self.convert(ds, tag)
         except QuarantineError:
-            raw = ds.get_item(tag, keep_deferred=True)
+            raw = ds._dict.get(tag)
             if out is not REMOVE or not isinstance(getattr(raw, "value", None), bytes):
                 raise
             # removed anyway: its bytes go into the record as they were (VR UN)
@@ -274,7 +274,7 @@ class Run:
         return self._clean(ds, tag, vr, 0, CLEAN) if vr in values.TEXT_VRS else KEEP
 
     def _vr(self, ds: Dataset, tag: int) -> str:
-        raw = ds.get_item(tag, keep_deferred=True)
+        raw = ds._dict.get(tag)
         vr = getattr(raw, "VR", None)
         return _real_vr(vr, tag)
 
@@ -309,8 +309,11 @@ class Run:
         raise AssertionError(f"unknown action {action!r}")
 
     def _uid(self, ds: Dataset, tag: int, vr: str):
-        value = self.convert(ds, tag).value
-        uids = [u for u in _strings(value) if u.strip(" \0")]
+        raw = ds._dict.get(tag)
+        if _raw_is_safe(raw) and raw.VR == "UI" and raw.value.isascii():  # no conversion: the raw original is recorded
+            uids = [u for u in raw.value.decode("ascii").rstrip("\0 ").split("\\") if u.strip(" \0")]
+        else:
+            uids = [u for u in _strings(self.convert(ds, tag).value) if u.strip(" \0")]
         if not uids:
             return KEEP  # empty: nothing to replace
         new = [self.keyed.uid(u) for u in uids]
@@ -375,7 +378,7 @@ class Run:
             if out is KEEP:
                 continue
             if out is not REMOVE:
-                raw = item.get_item(tag, keep_deferred=True)
+                raw = item._dict.get(tag)
                 if _same_raw(raw, out) if _raw_is_safe(raw) else _same(self.convert(item, tag), out):
                     continue
             changes[tag] = out
