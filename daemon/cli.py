@@ -107,6 +107,8 @@ def cmd_plugins(args) -> int:
                 if device is not None and not missing:
                     print(f"    {'':<12} {'':<20} device: {device()}")
         print(f"    hooks: {', '.join(p['hooks'])}")
+        for line in p.get("report", []):
+            print(f"    {line}")
     return EXIT_OK
 
 

@@ -180,6 +180,16 @@ class RouteConfig(_Model):
 
 
 
+class PixelsConfig(_Model):
+    decoder: Literal["cpu", "gpu"] = Field(
+        "cpu", description="how stages get decoded pixels: cpu: pydicom's decoders; gpu: NVIDIA nvImageCodec on"
+                           " the GPU (the gpu-decode plugin, pip install pacsguard[gpudecode]) for JPEG, JPEG"
+                           " lossless, JPEG 2000 and HTJ2K, pydicom's decoders for the rest and whenever no GPU"
+                           " is usable (`pacsguard plugins` shows which serves what)")
+    device: str = Field("auto", pattern=r"^(auto|cuda|cuda:[0-9]+)$",
+                        description="the CUDA device of the gpu decoder: auto or cuda (the first one) or cuda:N")
+
+
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="least severe level logged")
     format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a TTY, JSON otherwise")
@@ -204,6 +214,7 @@ class Config(_Model):
                                           " stages name them")
     destinations: dict[str, DestinationSpec] = Field(default_factory=dict, description="named destinations: NAME -> {type, options}")
     routes: list[RouteConfig] = Field(default_factory=list, description="routing rules, evaluated top to bottom; every match fires")
+    pixels: PixelsConfig = Field(PixelsConfig(), description="pixel decoding: CPU, or GPU where it serves")
     logging: LoggingConfig = Field(LoggingConfig(), description="log level and format")
     metrics: MetricsConfig = Field(MetricsConfig(), description="Prometheus metrics and health endpoint")
     shutdown_timeout: Duration = Field(30.0, description="on SIGTERM, wait this long for in-flight work")

@@ -56,6 +56,14 @@ def pacsguard_decode_pixels(item):
     pydicom and raises QuarantineError when it cannot."""
 
 
+@hookspec(firstresult=True)
+def pacsguard_decode_pixels_batch(items: list):
+    """Decode the pixel data of several items at once (a batching stage's group, see
+    :meth:`~pacsguard.daemon.item.Item.pixels_of`); return one array per item, in order, or None
+    to let the next implementation try. The built-in default (trylast) decodes each item
+    through ``pacsguard_decode_pixels``; a GPU decoder decodes the group in one call."""
+
+
 @hookspec
 def pacsguard_stage_finished(job_id: int, route: str, stage: str, seconds: float, outcome: str):
     """Observe: ``stage`` of ``route`` finished job ``job_id`` in ``seconds``;

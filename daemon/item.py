@@ -65,6 +65,7 @@ class Item:
         *,
         keys: Mapping[str, Any] | None = None,
         decode_pixels=None,
+        decode_batch=None,
     ):
         self.job_id = job_id
         self.path = Path(path)
@@ -78,6 +79,7 @@ class Item:
             keys = MappingProxyType(dict(keys or {}))
         self.keys: Mapping[str, Any] = keys
         self._decode_pixels = decode_pixels
+        self._decode_batch = decode_batch
         self._header: Dataset | None = None
         self._dataset: Dataset | None = None
         self._modified = False
@@ -160,6 +162,19 @@ class Item:
         if self._decode_pixels is None:
             return self._take_dataset().pixel_array
         return self._decode_pixels(item=self)
+
+    @staticmethod
+    def pixels_of(items: list) -> list:
+        """Decoded pixel data of several items (a batching stage's group), one array per
+        item: through the batch decoding path (``pacsguard_decode_pixels_batch``: a GPU
+        decoder decodes them in one call) when they share one, else one by one."""
+        batch = items[0]._decode_batch if items else None
+        if batch is None or any(i._decode_batch is not batch for i in items):
+            return [i.pixels() for i in items]
+        out = batch(items=list(items))
+        if out is None or len(out) != len(items):
+            return [i.pixels() for i in items]
+        return list(out)
 
     def geometry(self) -> tuple:
         """(rows, columns, samples, bits allocated, frames): the batching key."""

@@ -189,7 +189,8 @@ class Processor:
     def _new_item(self, w: "_Work") -> Item:
         """A fresh item for ``w``'s job, as it was received, with its generation's keys
         (and File Meta Information completed when it came without)."""
-        item = Item(w.job.id, w.job.path, w.job.facts, keys=w.keys, decode_pixels=self.hook.pacsguard_decode_pixels)
+        item = Item(w.job.id, w.job.path, w.job.facts, keys=w.keys, decode_pixels=self.hook.pacsguard_decode_pixels,
+                    decode_batch=self.hook.pacsguard_decode_pixels_batch)
         if w.complete_meta:
             complete_file_meta(item.dataset)  # (taking the dataset: it is written out again)
         return item

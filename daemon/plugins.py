@@ -22,6 +22,7 @@ DEFAULT_PLUGINS = (
     "pacsguard.plugins.decoders",
     "pacsguard.plugins.deidentify",
     "pacsguard.plugins.stego",
+    "pacsguard.plugins.gpudecode",
 )
 
 ENTRY_POINT_GROUP = "pacsguard"
@@ -119,5 +120,8 @@ def describe(pm: pluggy.PluginManager, registry: Registry) -> list[dict]:
         }
         for kind, _, _ in _KINDS:
             entry[kind] = sorted(n for n, c in registry.kind(kind).items() if c.plugin == name)
+        report = getattr(plugin, "report", None)  # a plugin's own lines (gpu-decode: its table)
+        if callable(report):
+            entry["report"] = list(report())
         out.append(entry)
     return out

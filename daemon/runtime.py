@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from . import config as configmod
+from . import pixels
 from .errors import ConfigError
 from .plugins import Registry
 from .router import Route, compile_route
@@ -69,4 +70,5 @@ def build_runtime(loaded: configmod.Loaded, registry: Registry, generation: int 
         errors.extend(exc.errors)
     if errors:
         raise ConfigError(errors, str(loaded.path or "<embedded default>"))
+    pixels.configure(loaded.config.pixels)  # the decoding path of this process follows it
     return Runtime(routes=routes, destinations=destinations, generation=generation, keys=loaded.keys)

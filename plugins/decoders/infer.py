@@ -31,6 +31,7 @@ from pydantic import Field
 
 from pacsguard.daemon.errors import QuarantineError
 from pacsguard.daemon.extension import BatchOptions, Stage
+from pacsguard.daemon.item import Item
 from pacsguard.daemon.keys import KeyUse
 
 from . import blocks, marking, pixeldata, runtime
@@ -155,7 +156,8 @@ class Infer(Stage):
 
         from . import vit
 
-        frames = np.concatenate([pixeldata.as_frames(i.pixels(), i.header) for i in group])
+        pixels = Item.pixels_of(group)  # one batched decode where the decoder batches (gpu-decode)
+        frames = np.concatenate([pixeldata.as_frames(p, i.header) for i, p in zip(group, pixels)])
         stored = {pixeldata.stored_range(i.header) for i in group}
         if len(stored) != 1:  # a batch shares one geometry, not always one Bits Stored
             for i in group:

@@ -236,5 +236,5 @@ def test_cli_plugins_json_lists_the_builtins(tmp_path):
     assert entries["pacsguard.plugins.setattrs"]["hooks"] == ["pacsguard_register_stages"]
     assert entries["pacsguard.plugins.folder"]["destinations"] == ["folder"]
     assert entries["pacsguard.plugins.folder"]["sources"] == ["folder"]
-    assert entries["pacsguard.daemon.pixels"]["hooks"] == ["pacsguard_decode_pixels"]
+    assert entries["pacsguard.daemon.pixels"]["hooks"] == ["pacsguard_decode_pixels", "pacsguard_decode_pixels_batch"]
     assert entries["pacsguard.plugins.folder"]["module"].endswith("__init__.py")
