@@ -70,41 +70,33 @@ class GpuBackend:
         self._lock = threading.Lock()  # one batch at a time on the device
         self.name = _device_name(index)
 
-    def _params(self, codec: str, samples: int):
-        nv = self._nv
-        if samples == 1:
-            spec = nv.ColorSpec.UNCHANGED
-        elif codec == "jpeg":
-            # the components as coded (YCbCr stays YCbCr): pydicom converts YBR_FULL(_422)
-            # to RGB afterwards exactly as it does for its own decoders' output
-            spec = nv.ColorSpec.SYCC
-        else:
-            spec = nv.ColorSpec.SRGB  # JPEG 2000: the components after the inverse MCT
-        # allow_any_depth: 12- and 16-bit samples keep their values (else scaled to 8 bits)
-        return nv.DecodeParams(allow_any_depth=True, color_spec=spec, apply_exif_orientation=False)
+        # the samples as coded (YCbCr stays YCbCr: pydicom converts YBR_FULL(_422) to RGB
+        # afterwards exactly as it does with its own decoders' output) at their own bit depth
+        # (without allow_any_depth 12- and 16-bit samples come back scaled to 8 bits)
+        self._params = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED,
+                                               apply_exif_orientation=False)
 
     def decode(self, frames: list[Frame]) -> list[np.ndarray | None]:
         """Each frame as a C-contiguous host array (rows, columns, samples) in the
         codestream's own precision, or None where the GPU could not decode it or what it
         decoded does not match the header (the caller then uses the CPU)."""
         out: list[np.ndarray | None] = [None] * len(frames)
-        groups: dict[tuple, list[int]] = {}
-        streams = []
+        take, streams = [], []
         for i, f in enumerate(frames):
             try:
                 cs = self._nv.CodeStream(f.data)
             except Exception:
-                streams.append(None)
-                continue
-            streams.append(cs)
+                continue  # not a codestream nvImageCodec parses
             if (cs.height, cs.width, cs.num_channels) != (f.rows, f.columns, f.samples) or not 0 < cs.precision <= 16:
                 continue  # the header and the codestream disagree: the CPU decoders decide
-            groups.setdefault((f.codec, f.samples), []).append(i)
+            take.append(i)
+            streams.append(cs)
+        if not streams:
+            return out
         with self._lock:
-            for (codec, samples), idx in groups.items():
-                images = self._decoder.decode([streams[i] for i in idx], params=self._params(codec, samples))
-                for i, img in zip(idx, images):
-                    out[i] = _host(img, frames[i], streams[i].precision)
+            images = self._decoder.decode(streams, params=self._params)  # one batch for every codec
+            for i, cs, img in zip(take, streams, images):
+                out[i] = _host(img, frames[i], cs.precision)
         return out
 
 
