@@ -3,6 +3,6 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k router -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh test,codecs,bench,gpu
+scripts/setup.sh test,codecs,bench,gpu,gpudecode
 export TCP_NODELAY=1
 exec .venv/bin/python -m pytest "$@"

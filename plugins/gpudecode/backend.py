@@ -59,29 +59,42 @@ class Frame:
 class GpuBackend:
     """nvImageCodec on one CUDA device: batched decode of encoded frames to host arrays."""
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, *, cpu_only: bool = False):
+        """``cpu_only``: nvImageCodec's CPU backends instead (libjpeg-turbo, OpenCV), no
+        device: the same calls on a machine without a GPU, for the tests; never served."""
         from nvidia import nvimgcodec
 
         self._nv = nvimgcodec
         self.index = index
-        self._decoder = nvimgcodec.Decoder(
-            device_id=index,
-            backends=[nvimgcodec.Backend(nvimgcodec.GPU_ONLY), nvimgcodec.Backend(nvimgcodec.HYBRID_CPU_GPU)])
+        if cpu_only:
+            self._decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
+                                               backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)])
+            self.name = "nvImageCodec CPU backends"
+        else:
+            self._decoder = nvimgcodec.Decoder(
+                device_id=index,
+                backends=[nvimgcodec.Backend(nvimgcodec.GPU_ONLY), nvimgcodec.Backend(nvimgcodec.HYBRID_CPU_GPU)])
+            self.name = _device_name(index)
         self._lock = threading.Lock()  # one batch at a time on the device
-        self.name = _device_name(index)
 
-        # the samples as coded (YCbCr stays YCbCr: pydicom converts YBR_FULL(_422) to RGB
-        # afterwards exactly as it does with its own decoders' output) at their own bit depth
-        # (without allow_any_depth 12- and 16-bit samples come back scaled to 8 bits)
-        self._params = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED,
-                                               apply_exif_orientation=False)
+        # the samples as coded, at their own bit depth (without allow_any_depth 12- and 16-bit
+        # samples come back scaled to 8 bits). Colour JPEG: SYCC, the components as coded
+        # (UNCHANGED would convert YCbCr to RGB; pydicom converts YBR_FULL(_422) afterwards,
+        # as it does with its own decoders' output, which are the raw components too);
+        # JPEG 2000: UNCHANGED, the components after the inverse MCT
+        self._params = {
+            "raw": nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED,
+                                           apply_exif_orientation=False),
+            "ycc": nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.SYCC,
+                                           apply_exif_orientation=False),
+        }
 
     def decode(self, frames: list[Frame]) -> list[np.ndarray | None]:
         """Each frame as a C-contiguous host array (rows, columns, samples) in the
         codestream's own precision, or None where the GPU could not decode it or what it
         decoded does not match the header (the caller then uses the CPU)."""
         out: list[np.ndarray | None] = [None] * len(frames)
-        take, streams = [], []
+        groups: dict[str, list[tuple[int, object]]] = {}
         for i, f in enumerate(frames):
             try:
                 cs = self._nv.CodeStream(f.data)
@@ -89,14 +102,12 @@ class GpuBackend:
                 continue  # not a codestream nvImageCodec parses
             if (cs.height, cs.width, cs.num_channels) != (f.rows, f.columns, f.samples) or not 0 < cs.precision <= 16:
                 continue  # the header and the codestream disagree: the CPU decoders decide
-            take.append(i)
-            streams.append(cs)
-        if not streams:
-            return out
+            groups.setdefault("ycc" if f.codec == "jpeg" and f.samples > 1 else "raw", []).append((i, cs))
         with self._lock:
-            images = self._decoder.decode(streams, params=self._params)  # one batch for every codec
-            for i, cs, img in zip(take, streams, images):
-                out[i] = _host(img, frames[i], cs.precision)
+            for kind, members in groups.items():  # one batch per colour handling
+                images = self._decoder.decode([cs for _, cs in members], params=self._params[kind])
+                for (i, cs), img in zip(members, images):
+                    out[i] = _host(img, frames[i], cs.precision)
         return out
 
 

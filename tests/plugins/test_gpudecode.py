@@ -162,6 +162,38 @@ def test_batched_path_with_pylibjpeg_frames_equals_pydicom(gpu_on):
     assert signed, "signed-data correction was not exercised"
 
 
+def test_nvimagecodec_calls_with_its_cpu_backends_equal_pydicom(gpu_on):
+    """The backend's own nvImageCodec calls (code streams, one batched decode per colour
+    handling, host images, the checks of what came back) with nvImageCodec's CPU backends
+    (libjpeg-turbo, OpenCV) in place of the GPU: what they decode equals pydicom; what
+    they refuse goes to the CPU decoders, counted. Not the GPU's figures or kernels."""
+    if not backend.installed():
+        pytest.skip("nvImageCodec is not installed (pip install pacsguard[gpudecode])")
+    try:
+        nv = backend.GpuBackend(0, cpu_only=True)
+    except Exception as exc:
+        pytest.skip(f"nvImageCodec's CPU backends cannot start here ({type(exc).__name__})")
+    files = _gpu_served()
+    got = decode.decode_items([item(p, i) for i, (p, _) in enumerate(files)], nv)
+    served = worst = 0
+    for (path, expected), arr in zip(files, got):
+        if arr is None:
+            continue
+        served += 1
+        ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert arr.dtype == expected.dtype and arr.shape == expected.shape, path.name
+        diff = int(np.abs(arr.astype(np.int64) - expected.astype(np.int64)).max())
+        # libjpeg-turbo and libjpeg round the inverse DCT differently by at most 1
+        assert diff <= (0 if ts in support.LOSSLESS or ts in pydicom.uid.JPEG2000TransferSyntaxes else 1), \
+            (path.name, diff)
+        worst = max(worst, diff)
+    assert served == decode.STATS.gpu and served + sum(decode.STATS.cpu.values()) == len(files)
+    names = {p.name for (p, _), a in zip(files, got) if a is not None}
+    assert {"J2K_pixelrep_mismatch.dcm", "US1_J2KR.dcm", "SC_rgb_jpeg_dcmtk.dcm"} <= names  # signed, RCT, YBR
+    print(f"\nnvImageCodec CPU backends: {served} of {len(files)} equal to pydicom (largest difference {worst});"
+          f" to the CPU decoders: {dict(decode.STATS.cpu)}")
+
+
 # --- the GPU ----------------------------------------------------------------------------
 
 
