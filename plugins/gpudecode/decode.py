@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 
@@ -48,6 +49,7 @@ class Stats:
 
 
 STATS = Stats()
+log = structlog.get_logger("pacsguard.gpudecode")
 
 
 @dataclass
@@ -111,7 +113,9 @@ def decode_items(items: list, backend) -> list:
     batch = [f for _, p in plans for f in p.frames]
     try:
         decoded = backend.decode(batch)
-    except Exception:  # the device failed the whole batch: every object goes to the CPU
+    except Exception as exc:  # the device failed the whole batch: every object goes to the CPU
+        log.warning("gpu-decode: the GPU failed a batch; the CPU decoders decode its objects",
+                    objects=len(plans), frames=len(batch), error=type(exc).__name__)
         decoded = [None] * len(batch)
     at = 0
     for i, p in plans:
