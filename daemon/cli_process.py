@@ -93,7 +93,7 @@ def cmd_process(args) -> int:
                 skipped += 1
                 progress.update(n, len(failures))
                 continue
-            w = _Work(job, route, runtime.keys, complete_meta)
+            w = _Work(job, route, runtime.keys, complete_meta, runtime.pixels)
             w.item = processor._new_item(w)
             if not complete_meta:
                 w.item._header = header  # parsed once

@@ -66,6 +66,7 @@ class Item:
         keys: Mapping[str, Any] | None = None,
         decode_pixels=None,
         decode_batch=None,
+        pixels=None,
     ):
         self.job_id = job_id
         self.path = Path(path)
@@ -80,6 +81,9 @@ class Item:
         self.keys: Mapping[str, Any] = keys
         self._decode_pixels = decode_pixels
         self._decode_batch = decode_batch
+        #: the config's ``pixels:`` section (``PixelsConfig``: which decoder, which device)
+        #: for the decoding path; None: the defaults (pydicom's CPU decoders)
+        self.pixel_settings = pixels
         self._header: Dataset | None = None
         self._dataset: Dataset | None = None
         self._modified = False

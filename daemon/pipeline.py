@@ -32,11 +32,12 @@ log = structlog.get_logger("pacsguard.pipeline")
 class _Work:
     """One job on its way through one route."""
 
-    __slots__ = ("job", "route", "item", "keys", "failed", "complete_meta")
+    __slots__ = ("job", "route", "item", "keys", "pixels", "failed", "complete_meta")
 
-    def __init__(self, job: Job, route: Route, keys: Mapping, complete_meta: bool = False):
+    def __init__(self, job: Job, route: Route, keys: Mapping, complete_meta: bool = False, pixels=None):
         self.job, self.route, self.complete_meta = job, route, complete_meta
         self.keys = keys  # of the route's config generation, for a fresh item on retry
+        self.pixels = pixels  # the generation's ``pixels:`` section
         self.item: Item | None = None
         self.failed: tuple[str, str] | None = None  # (reason, place)
 
@@ -178,7 +179,7 @@ class Processor:
                 continue
             self.hook.pacsguard_object_routed(job_id=job.id, routes=[r.name for r in routes])
             for i, route in enumerate(routes):
-                w = _Work(job, route, runtime.keys, complete_meta)
+                w = _Work(job, route, runtime.keys, complete_meta, runtime.pixels)
                 w.item = self._new_item(w)
                 if i == 0:
                     w.item._header = header  # parsed once; later routes re-read their own copy
@@ -190,7 +191,7 @@ class Processor:
         """A fresh item for ``w``'s job, as it was received, with its generation's keys
         (and File Meta Information completed when it came without)."""
         item = Item(w.job.id, w.job.path, w.job.facts, keys=w.keys, decode_pixels=self.hook.pacsguard_decode_pixels,
-                    decode_batch=self.hook.pacsguard_decode_pixels_batch)
+                    decode_batch=self.hook.pacsguard_decode_pixels_batch, pixels=w.pixels)
         if w.complete_meta:
             complete_file_meta(item.dataset)  # (taking the dataset: it is written out again)
         return item

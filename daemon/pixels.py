@@ -1,27 +1,10 @@
-"""The default pixel decoding path (a built-in plugin, so a GPU decoder can come first),
-and the ``pixels:`` settings of the running configuration (which decoder plugins read)."""
+"""The default pixel decoding path (a built-in plugin, so a GPU decoder can come first)."""
 
 from __future__ import annotations
 
 from .codestream import check_pixel_geometry
 from .errors import QuarantineError
 from .hookspecs import hookimpl
-
-
-#: the ``pixels:`` section of the configuration in force in this process (None: defaults)
-_SETTINGS = None
-
-
-def configure(settings) -> None:
-    """Put the ``pixels:`` section of a configuration in force in this process (called
-    when a runtime is built from it; decoder plugins read it through :func:`settings`)."""
-    global _SETTINGS
-    _SETTINGS = settings
-
-
-def settings():
-    """The ``pixels:`` section in force (a ``PixelsConfig``), or None before any config."""
-    return _SETTINGS
 
 
 @hookimpl(trylast=True)

@@ -12,7 +12,6 @@ from types import MappingProxyType
 from typing import Mapping
 
 from . import config as configmod
-from . import pixels
 from .errors import ConfigError
 from .plugins import Registry
 from .router import Route, compile_route
@@ -27,6 +26,9 @@ class Runtime:
     generation: int = 0
     #: the config's loaded keys, read-only: every item of this generation gets this mapping
     keys: Mapping = field(default_factory=lambda: MappingProxyType({}))
+    #: the config's ``pixels:`` section (a ``PixelsConfig``): every item of this generation
+    #: carries it, for the decoding path (``Item.pixel_settings``)
+    pixels: object = None
 
     def gather(self) -> tuple[int, float]:
         """(objects, seconds): how many objects a worker should take at once for the
@@ -70,5 +72,5 @@ def build_runtime(loaded: configmod.Loaded, registry: Registry, generation: int 
         errors.extend(exc.errors)
     if errors:
         raise ConfigError(errors, str(loaded.path or "<embedded default>"))
-    pixels.configure(loaded.config.pixels)  # the decoding path of this process follows it
-    return Runtime(routes=routes, destinations=destinations, generation=generation, keys=loaded.keys)
+    return Runtime(routes=routes, destinations=destinations, generation=generation, keys=loaded.keys,
+                   pixels=loaded.config.pixels)

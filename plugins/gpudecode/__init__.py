@@ -37,15 +37,15 @@ __all__ = ["STATS", "active_backend", "report", "table"]
 _warned: set = set()
 
 
-def _settings():
-    s = _pixels.settings()
+def _settings(item) -> tuple[str, str]:
+    """(decoder, device) of the ``pixels:`` section the item's config generation carries."""
+    s = getattr(item, "pixel_settings", None)
     return (getattr(s, "decoder", "cpu"), getattr(s, "device", "auto"))
 
 
-def active_backend():
-    """The GPU backend serving this process, or None (not turned on, or not usable here:
-    the reason is logged once per process)."""
-    decoder, device = _settings()
+def active_backend(decoder: str = "gpu", device: str = "auto"):
+    """The GPU backend serving ``pixels: {decoder, device}`` in this process, or None (not
+    turned on, or not usable here: the reason is logged once per process and device)."""
     if decoder != "gpu":
         return None
     gpu, why = _backend.PROBE.get(device)
@@ -58,7 +58,7 @@ def active_backend():
 
 @hookimpl
 def pacsguard_decode_pixels(item):
-    gpu = active_backend()
+    gpu = active_backend(*_settings(item))
     if gpu is None:
         return None
     arr = decode_items([item], gpu)[0]
@@ -69,17 +69,23 @@ def pacsguard_decode_pixels(item):
 
 @hookimpl
 def pacsguard_decode_pixels_batch(items):
-    gpu = active_backend()
-    if gpu is None:
+    gpus = [active_backend(*_settings(item)) for item in items]
+    if all(g is None for g in gpus):
         return None
-    out = decode_items(items, gpu)
+    out: list = [None] * len(items)
+    by_gpu: dict[int, list[int]] = {}
+    for i, g in enumerate(gpus):
+        if g is not None:
+            by_gpu.setdefault(id(g), []).append(i)
+    for idx in by_gpu.values():  # one batched call per device (one, unless generations differ)
+        for i, arr in zip(idx, decode_items([items[i] for i in idx], gpus[idx[0]])):
+            out[i] = arr
     return [a if a is not None else _pixels.pacsguard_decode_pixels(item=item) for a, item in zip(out, items)]
 
 
-def table(device: str | None = None) -> tuple[str, list[tuple[str, str, str]]]:
-    """(the GPU in words, rows of (transfer syntax, decoder, why not GPU)) for this machine,
-    with ``pixels.decoder: gpu`` and ``device`` (default: the setting in force, else auto)."""
-    device = device or _settings()[1]
+def table(device: str = "auto") -> tuple[str, list[tuple[str, str, str]]]:
+    """(the GPU in words, rows of (transfer syntax, decoder, why not GPU)) on this machine
+    with ``pixels: {decoder: gpu, device: DEVICE}``."""
     gpu, why = _backend.PROBE.get(device)
     where = f"{gpu.name} (cuda:{gpu.index})" if gpu is not None else f"unavailable: {why}"
     rows = []
@@ -98,15 +104,14 @@ def table(device: str | None = None) -> tuple[str, list[tuple[str, str, str]]]:
     return where, rows
 
 
-def report() -> list[str]:
-    """Lines for ``pacsguard plugins``: the setting, the GPU, and the transfer-syntax table."""
-    decoder, device = _settings()
+def report(device: str = "auto") -> list[str]:
+    """Lines for ``pacsguard plugins``: the GPU, and the transfer-syntax table."""
     where, rows = table(device)
-    lines = [f"pixels.decoder: {decoder} ({'on' if decoder == 'gpu' else 'off; pixels: {decoder: gpu} turns it on'});"
-             f" GPU: {where}", "with it on, each transfer syntax is decoded by:"]
-    widths = [max(len(r[i]) for r in rows + [("transfer syntax", "decoder", "why not GPU")]) for i in range(3)]
     head = ("transfer syntax", "decoder", "why not GPU")
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
-    lines.append("  ".join("-" * w for w in widths))
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
+    lines = [f"GPU: {where}",
+             "with pixels: {decoder: gpu} (default: cpu), each transfer syntax is decoded by:",
+             "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return lines

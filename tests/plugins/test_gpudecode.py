@@ -25,7 +25,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from pacsguard.daemon import pixels as daemon_pixels
 from pacsguard.daemon.config import ConfigError, PixelsConfig, load_config_text
 from pacsguard.daemon.item import Item, TransportFacts
 from pacsguard.daemon.keys import Key, secret_key_id
@@ -44,18 +43,19 @@ BATCH = PM.hook.pacsguard_decode_pixels_batch
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+#: ``pixels: {decoder: gpu}``: what the items of a config generation with it carry
+GPU_ON = PixelsConfig(decoder="gpu")
+
+
 @pytest.fixture
 def gpu_on():
-    """``pixels: {decoder: gpu}`` in force for the test, then the setting as it was."""
-    before = daemon_pixels.settings()
-    daemon_pixels.configure(PixelsConfig(decoder="gpu"))
+    """The plugin's counters from zero."""
     decode.STATS.reset()
     yield
-    daemon_pixels.configure(before)
 
 
-def item(path, i=1, keys=None) -> Item:
-    return Item(i, path, FACTS, keys=keys, decode_pixels=DECODE, decode_batch=BATCH)
+def item(path, i=1, keys=None, pixels=GPU_ON) -> Item:
+    return Item(i, path, FACTS, keys=keys, decode_pixels=DECODE, decode_batch=BATCH, pixels=pixels)
 
 
 def same(a, b) -> bool:
@@ -101,19 +101,15 @@ def test_cpu_fallback_equals_pydicom_on_every_compressed_bundled_file(gpu_on, re
     group = [item(p, i) for i, (p, _) in enumerate(files)]
     for (path, expected), got in zip(files, Item.pixels_of(group)):
         assert same(got, expected), path.name
-    assert gpudecode.active_backend() is None and decode.STATS.gpu == 0
+    assert gpudecode.active_backend("gpu", "auto") is None and decode.STATS.gpu == 0
     print(f"\ncompared {len(files)} files; left out (pydicom cannot decode them): {dict(skipped)}")
 
 
 def test_off_by_default_the_plugin_passes():
-    before = daemon_pixels.settings()
-    daemon_pixels.configure(PixelsConfig())
-    try:
-        path = compressed_files()[0]
-        assert gpudecode.pacsguard_decode_pixels(item=item(path)) is None
-        assert gpudecode.pacsguard_decode_pixels_batch(items=[item(path)]) is None
-    finally:
-        daemon_pixels.configure(before)
+    path = compressed_files()[0]
+    for off in (None, PixelsConfig()):
+        assert gpudecode.pacsguard_decode_pixels(item=item(path, pixels=off)) is None
+        assert gpudecode.pacsguard_decode_pixels_batch(items=[item(path, pixels=off)]) is None
 
 
 def test_reasons_for_the_cpu(gpu_on):
@@ -265,7 +261,7 @@ def test_scramble_through_the_hook_with_the_plugin_on(gpu_on, tmp_path):
 def test_scramble_through_the_plugins_batched_path(gpu_on, tmp_path, monkeypatch):
     """The plugin serving (its frame decoder pylibjpeg here): the stage gets its arrays."""
     frames = CpuFrames()
-    monkeypatch.setattr(gpudecode, "active_backend", lambda: frames)
+    monkeypatch.setattr(gpudecode, "active_backend", lambda decoder, device: frames if decoder == "gpu" else None)
     path, plain = _j2k_16bit()
     scrambled, back = _scramble_roundtrip(path, tmp_path)
     assert decode.STATS.gpu == 1 and frames.calls == [1]  # the scramble's decode; unscramble's input is native
@@ -274,12 +270,12 @@ def test_scramble_through_the_plugins_batched_path(gpu_on, tmp_path, monkeypatch
 
 def test_hook_pacsguard_decode_pixels_batch(gpu_on, monkeypatch):
     files = _gpu_served()[:6]
-    # default (no decoder that batches): one by one, as item.pixels()
-    out = BATCH(items=[item(p, i) for i, (p, _) in enumerate(files)])
+    # default (gpu-decode off): one by one, as item.pixels()
+    out = BATCH(items=[item(p, i, pixels=None) for i, (p, _) in enumerate(files)])
     assert all(same(a, e) for a, (_, e) in zip(out, files))
     # gpu-decode batching: the whole group's frames in one decode call
     frames = CpuFrames()
-    monkeypatch.setattr(gpudecode, "active_backend", lambda: frames)
+    monkeypatch.setattr(gpudecode, "active_backend", lambda decoder, device: frames if decoder == "gpu" else None)
     out = Item.pixels_of([item(p, i) for i, (p, _) in enumerate(files)])
     assert len(frames.calls) == 1 and all(same(a, e) for a, (_, e) in zip(out, files))
 
@@ -289,18 +285,14 @@ def test_hook_pacsguard_decode_pixels_batch(gpu_on, monkeypatch):
 
 def test_config_turns_it_on(tmp_path):
     registry = collect(PM)
-    before = daemon_pixels.settings()
-    try:
-        loaded = load_config_text("pixels: {decoder: gpu, device: 'cuda:1'}\n", registry)
-        assert loaded.config.pixels == PixelsConfig(decoder="gpu", device="cuda:1")
-        build_runtime(loaded, registry)
-        assert daemon_pixels.settings().decoder == "gpu"
-        assert load_config_text("{}\n", registry).config.pixels.decoder == "cpu"  # off by default
-        for bad in ("pixels: {decoder: tpu}\n", "pixels: {device: 'gpu0'}\n", "pixels: {batch: 4}\n"):
-            with pytest.raises(ConfigError):
-                load_config_text(bad, registry)
-    finally:
-        daemon_pixels.configure(before)
+    loaded = load_config_text("pixels: {decoder: gpu, device: 'cuda:1'}\n", registry)
+    assert loaded.config.pixels == PixelsConfig(decoder="gpu", device="cuda:1")
+    runtime = build_runtime(loaded, registry)
+    assert runtime.pixels == PixelsConfig(decoder="gpu", device="cuda:1")  # the generation's items carry it
+    assert load_config_text("{}\n", registry).config.pixels.decoder == "cpu"  # off by default
+    for bad in ("pixels: {decoder: tpu}\n", "pixels: {device: 'gpu0'}\n", "pixels: {batch: 4}\n"):
+        with pytest.raises(ConfigError):
+            load_config_text(bad, registry)
 
 
 def test_plugins_shows_which_decoder_serves_which_syntax(tmp_path):
@@ -338,11 +330,26 @@ def test_no_gpu_libraries_loaded_without_a_gpu():
     """Without a CUDA device the plugin never imports nvImageCodec (no CUDA libraries)."""
     if backend.cuda_devices()[0]:
         pytest.skip("a CUDA device is present")
-    code = ("import sys; from pacsguard.daemon import pixels; from pacsguard.daemon.config import PixelsConfig;"
-            "pixels.configure(PixelsConfig(decoder='gpu')); from pacsguard.plugins import gpudecode;"
-            "assert gpudecode.active_backend() is None; gpudecode.table();"
+    code = ("import sys; from pacsguard.plugins import gpudecode;"
+            "assert gpudecode.active_backend('gpu', 'auto') is None; gpudecode.table();"
             "print('nvidia.nvimgcodec' in sys.modules)")
     with warnings.catch_warnings():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_pipeline_gives_items_their_generations_setting():
+    """A processor's items carry the ``pixels:`` section of the config generation that
+    routed them (no process-wide setting)."""
+    from pacsguard.daemon.pipeline import Processor, _Work
+    from pacsguard.daemon.spool import Job
+
+    registry = collect(PM)
+    runtime = build_runtime(load_config_text("pixels: {decoder: gpu}\n", registry), registry)
+    proc = Processor(None, PM.hook, lambda: runtime, workers=1)
+    path = compressed_files()[0]
+    job = Job(1, path, path.stat().st_size, FACTS, "received")
+    made = proc._new_item(_Work(job, None, runtime.keys, False, runtime.pixels))
+    assert made.pixel_settings.decoder == "gpu"
+    assert made._decode_batch is PM.hook.pacsguard_decode_pixels_batch
