@@ -66,13 +66,15 @@ class GpuBackend:
 
         self._nv = nvimgcodec
         self.index = index
+        # fancy (interpolating) chroma upsampling, as the libjpeg family pydicom decodes with
+        options = ":fancy_upsampling=1"
         if cpu_only:
             self._decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-                                               backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)])
+                                               backends=[nvimgcodec.Backend(nvimgcodec.CPU_ONLY)], options=options)
             self.name = "nvImageCodec CPU backends"
         else:
             self._decoder = nvimgcodec.Decoder(
-                device_id=index,
+                device_id=index, options=options,
                 backends=[nvimgcodec.Backend(nvimgcodec.GPU_ONLY), nvimgcodec.Backend(nvimgcodec.HYBRID_CPU_GPU)])
             self.name = _device_name(index)
         self._lock = threading.Lock()  # one batch at a time on the device
