@@ -42,6 +42,7 @@ from pydantic import Field
 
 from pacsguard.daemon.errors import QuarantineError
 from pacsguard.daemon.extension import BatchOptions, Stage
+from pacsguard.daemon.item import Item
 from pacsguard.daemon.keys import KeyUse
 
 from . import chaos, marking, pixeldata, runtime
@@ -233,7 +234,8 @@ class NeuralEncrypt(Stage):
         key = _key(items[0], self.options.key)
         for item in items:
             self._check(item)
-        plain = np.stack([pixeldata.as_frames(i.pixels(), i.header)[0, :, :, 0].astype(np.uint8) for i in items])
+        plain = np.stack([pixeldata.as_frames(a, i.header)[0, :, :, 0].astype(np.uint8)
+                          for i, a in zip(items, Item.pixels_of(items))])  # one batched decode (gpu-decode)
         salts = [os.urandom(SALT_BYTES) for _ in items]
         cipher = encrypt(plain, key.secret, salts, self.options.device)
         name = model_info()["name"]
@@ -314,8 +316,9 @@ class NeuralRestore(Stage):
                 out[n] = np.frombuffer(raw, np.uint8).reshape(IMAGE, IMAGE)
         net = [n for n, p in enumerate(plans) if p["mode"] == "network"]
         if net:
-            cipher = np.stack([pixeldata.as_frames(items[n].pixels(), items[n].header)[0, :, :, 0].astype(np.uint8)
-                               for n in net])
+            decoded = Item.pixels_of([items[n] for n in net])  # one batched decode (gpu-decode)
+            cipher = np.stack([pixeldata.as_frames(a, items[n].header)[0, :, :, 0].astype(np.uint8)
+                               for n, a in zip(net, decoded)])
             restored = restore(cipher, key.secret, [plans[n]["salt"] for n in net], self.options.device)
             out.update(zip(net, restored))
         for n, (item, plan) in enumerate(zip(items, plans)):

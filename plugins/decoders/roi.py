@@ -24,6 +24,7 @@ from pydantic import Field
 
 from pacsguard.daemon.errors import QuarantineError
 from pacsguard.daemon.extension import BatchOptions, Stage
+from pacsguard.daemon.item import Item
 
 from . import marking, neural, pixeldata, runtime
 
@@ -81,7 +82,8 @@ class Roi(Stage):
         for encrypted, group in groups.items():
             if not group:
                 continue
-            frames = np.stack([pixeldata.as_frames(i.pixels(), i.header)[0, :, :, 0].astype(np.uint8) for i in group])
+            frames = np.stack([pixeldata.as_frames(a, i.header)[0, :, :, 0].astype(np.uint8)
+                               for i, a in zip(group, Item.pixels_of(group))])  # one batched decode
             for item, box in zip(group, find_boxes(frames, encrypted, self.options.device)):
                 self._record(item, name, [int(v) for v in box], encrypted)
         return items
