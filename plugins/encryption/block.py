@@ -26,7 +26,7 @@ from __future__ import annotations
 from io import BytesIO
 
 from pydicom.datadict import add_private_dict_entries
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, PrivateBlock
 from pydicom.filereader import read_dataset
 
 from pacsguard.daemon.dicomwrite import encode_dataset
@@ -68,15 +68,28 @@ def register_dictionary() -> None:
 
 
 def find(ds: Dataset):
-    """The block in ``ds``, or None."""
-    try:
-        return ds.private_block(GROUP, CREATOR)
-    except KeyError:
-        return None
+    """The block in ``ds``, or None (as ``ds.private_block(GROUP, CREATOR)``, without its
+    sorted slice of the data set: only group 0011's creator elements are read)."""
+    for tag in list(ds._dict):
+        if tag >> 16 == GROUP and 0x10 <= tag & 0xFFFF <= 0xFF and ds[tag].value == CREATOR:
+            return _block(ds, tag & 0xFF)
+    return None
 
 
 def create(ds: Dataset):
-    return ds.private_block(GROUP, CREATOR, create=True)
+    """The block in ``ds``, created in the first free block of group 0011 if it is not there."""
+    found = find(ds)
+    if found is not None:
+        return found
+    free = next(el for el in range(0x10, 0x100) if (GROUP << 16 | el) not in ds._dict)
+    ds.add_new(GROUP << 16 | free, "LO", CREATOR)
+    return _block(ds, free)
+
+
+def _block(ds: Dataset, element: int) -> PrivateBlock:
+    block = PrivateBlock((GROUP, CREATOR), ds, element)
+    ds._private_blocks[(GROUP, CREATOR)] = block  # pydicom's own cache, as private_block keeps it
+    return block
 
 
 def remove(ds: Dataset) -> None:
