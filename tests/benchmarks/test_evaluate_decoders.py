@@ -1,0 +1,178 @@
+"""The decoder evaluation report: the generator runs (quick sizes) and its figures are sane,
+and each attack and statistic works where the answer is known by construction (so they
+can fail). Behaviour, not speed: the timings are only checked to be there."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("skimage")
+
+from pacsguard.plugins.decoders import blocks  # noqa: E402
+from tests.benchmarks import attacks, evaluate_decoders, scramble_stats  # noqa: E402
+from tests.benchmarks import cipherstats as cs  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def toy(pixels: np.ndarray, stored=(0, 255), bits=8) -> attacks.Image:
+    return attacks.Image("toy", "toy", pixels.astype(np.int64), stored, bits)
+
+
+def smooth(size: int = 64) -> np.ndarray:
+    """A smooth, non-symmetric 8-bit image: every block's edges match only its neighbours'."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    return np.clip(np.rint(30 + 130 * x * x + 60 * y + 30 * np.sin(5 * x * y + 2 * y)), 0, 255).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    results = evaluate_decoders.evaluate(quick=True)
+    folder = tmp_path_factory.mktemp("report")
+    evaluate_decoders.write(results, folder / "decoders-evaluation.md", None)
+    return results, folder
+
+
+def test_the_generator_writes_the_report_and_its_json(report):
+    results, folder = report
+    text = (folder / "decoders-evaluation.md").read_text()
+    for heading in ("## What `scramble` protects, and what it does not", "## `infer`: accuracy on the held-out split",
+                    "## Attacks on `scramble`", "## Cipher-image statistics", "## Throughput per image",
+                    "### Inference: micro-batched vs one image at a time", "## Neural cipher"):
+        assert heading in text
+    assert "Quick run" in text
+    again = json.loads((folder / "decoders-evaluation.json").read_text())
+    assert again["infer"]["test_images"] == results["infer"]["test_images"] == 60
+
+
+def test_the_converted_model_agrees_on_every_image_and_a_wrong_key_collapses(report):
+    inf = report[0]["infer"]
+    for variant in ("flip", "no_flip"):
+        r = inf[variant]
+        assert r["agreements"] == inf["test_images"] and r["disagreements"] == 0
+        assert r["converted_model_scrambled_images"] == r["plain_model_plain_images"] > 0.9
+        assert r["wrong_key_model_scrambled_images"] < 0.3 < r["converted_model_scrambled_images"]
+        assert r["plain_model_scrambled_images"] < 0.3
+        assert r["float64_model_level"]["max_logit_difference"] < 1e-9
+
+
+def test_the_attack_and_statistics_figures_are_in_range(report):
+    results = report[0]
+    for a in results["attacks"]:
+        assert a["no_key"]["scrambled"]["ssim"] < 0.3 and not a["no_key"]["scrambled"]["identical"]
+        assert not a["wrong_key"]["identical"]
+        assert a["leading_bit"]["flip_layer_removed_pct"] == 100.0  # a value and its flip fold alike
+        assert a["chosen_plaintext"]["identical"]
+        j = a["jigsaw"]["block_positions_only"]
+        assert 0 <= j["placed_right"] <= 1 and 0 <= j["neighbours_right"] <= 1
+    for s in results["cipher_statistics"]:
+        aes = s["schemes"]["AES-256-GCM"]
+        # near the ideal (the acceptance bound is a 5 % test: an ideal cipher misses it 1 time in 20)
+        assert abs(aes["fresh_key"]["npcr_pct"] - s["ideal"]["npcr_pct"]) < 0.1
+        assert abs(aes["key_sensitivity"]["npcr_pct"] - s["ideal"]["npcr_pct"]) < 0.1
+        assert abs(aes["fresh_key"]["uaci_pct"] - s["ideal"]["uaci_pct"]) < 1.0
+        assert abs(aes["correlation_horizontal"]) < s["ideal"]["correlation_bound"]
+        plain = s["schemes"][f"scramble (block {attacks.BLOCK})"]
+        assert plain["entropy_bits"] == s["plain"]["entropy_bits"]  # the same values, moved
+    tp = results["throughput"]
+    assert all(f["ms_p50"] > 0 for f in tp["cpu"].values())
+    assert tp["gpu"]["device"] or tp["gpu"]["note"] == "not measured (no GPU lent)"
+    mb = results["micro_batching"]
+    assert mb["stage"]["batched_images_per_s"] > 0 and mb["pipeline"]["one_at_a_time_images_per_s"] > 0
+
+
+def test_aes_gcm_npcr_is_near_the_8_bit_ideal_and_scramble_of_a_flat_image_is_not():
+    img = toy(np.add.outer(np.arange(256), np.arange(256)) % 256)
+    a = scramble_stats.aes_gcm(img, img.pixels, b"k" * 32)
+    b = scramble_stats.aes_gcm(img, img.pixels, scramble_stats.flip_bit(b"k" * 32))
+    assert 99.5 < cs.npcr(a, b) < 99.72  # ideal 99.609
+    flat = toy(np.full((64, 64), 100))
+    k1, k2 = attacks.key_for(flat, b"a" * 32, flip=False), attacks.key_for(flat, b"b" * 32, flip=False)
+    assert cs.npcr(attacks.scramble(flat, k1), attacks.scramble(flat, k2)) == 0.0  # nothing to move
+
+
+def test_leading_bit_attack_undoes_negative_positive_alone_and_not_the_permutations():
+    plain = smooth()  # values 40..~255: some in either half of 0..255
+    low = np.clip(plain // 2, 0, 127)  # every value in the lower half
+    for pixels in (plain, low):
+        img = toy(pixels)
+        key = attacks.key_for(img, block=16, flip=True)
+        flip_only = attacks.scramble(img, attacks.partial_key(key, sigma=False, pi=False))
+        assert not np.array_equal(flip_only, pixels)
+        assert np.array_equal(attacks.fold(flip_only, img.stored), attacks.fold(pixels, img.stored))
+    img = toy(low)
+    key = attacks.key_for(img, block=16, flip=True)
+    assert np.array_equal(attacks.fold(attacks.scramble(img, attacks.partial_key(key, sigma=False, pi=False)),
+                                       img.stored), low)  # the toy case: recovered exactly
+    full = attacks.scramble(img, key)
+    assert not np.array_equal(attacks.fold(full, img.stored), low)  # the permutations stay
+
+
+def test_minimum_difference_attack_recovers_a_smooth_image_and_the_shared_mask():
+    img = toy(smooth() // 2)  # in one half of the range: a value and its flip lie far apart
+    key = attacks.key_for(img, block=16, flip=True)
+    flip_only = attacks.scramble(img, attacks.partial_key(key, sigma=False, pi=False))
+    decoded = attacks._polarity(attacks.minimum_difference(flip_only, img.stored), img.pixels, img.stored)
+    assert np.mean(decoded == img.pixels) > 0.99
+    img = toy(smooth())  # across the middle of the range: the majority over blocks still finds the mask
+    key = attacks.key_for(img, block=16, flip=True)
+    _, mask = attacks.shared_mask(attacks.scramble(img, key), img.stored, 16)
+    right = float(np.mean(mask == key.flip))
+    assert max(right, 1 - right) > 0.95
+    noise = toy(np.random.default_rng(0).integers(0, 256, (64, 64)))
+    k = attacks.key_for(noise, block=16, flip=True)
+    guess = attacks.minimum_difference(attacks.scramble(noise, attacks.partial_key(k, sigma=False, pi=False)),
+                                       noise.stored)
+    assert np.mean(attacks._polarity(guess, noise.pixels, noise.stored) == noise.pixels) < 0.9  # no structure
+
+
+def test_jigsaw_solver_reassembles_a_smooth_image_and_not_noise():
+    img = toy(smooth(96))
+    key = attacks.partial_key(attacks.key_for(img, block=16), pi=False, flip=False)
+    r = attacks.jigsaw(attacks.scramble(img, key), img.pixels, 16)
+    assert r["placed_right"] == 1.0 and r["identical"]
+    noise = toy(np.random.default_rng(1).integers(0, 256, (96, 96)))
+    key = attacks.partial_key(attacks.key_for(noise, block=16), pi=False, flip=False)
+    r = attacks.jigsaw(attacks.scramble(noise, key), noise.pixels, 16)
+    assert r["placed_right"] < 0.5 and not r["identical"]
+
+
+def test_chosen_plaintext_attack_recovers_the_order_of_its_key_only():
+    img = toy(np.random.default_rng(2).integers(0, 256, (64, 64)))
+    key = attacks.key_for(img, block=16, flip=True)
+    assert attacks.chosen_plaintext(img, key)["identical"]
+    lo, hi = img.stored
+    chosen = attacks.chosen_plaintexts(img.pixels.shape, img.stored)
+    source, flipped = attacks.recover_order([attacks.scramble(toy(c), key) for c in chosen], img.stored)
+    other = attacks.scramble(img, attacks.key_for(img, b"another key".ljust(32, b"\0"), block=16, flip=True))
+    out = np.empty(img.pixels.size, dtype=np.int64)
+    out[source] = np.where(flipped, (lo + hi) - other.ravel(), other.ravel())
+    assert not np.array_equal(out.reshape(img.pixels.shape), img.pixels)  # another key's image stays scrambled
+
+
+def test_psnr_and_ssim_tell_equal_from_different():
+    a = smooth()
+    assert attacks.scores(a, a) == {"psnr_db": None, "identical": True, "ssim": 1.0}
+    s = attacks.scores(a, a[::-1])
+    assert not s["identical"] and s["psnr_db"] < 20 and s["ssim"] < 0.9
+
+
+def test_the_neural_section_says_not_present_when_the_module_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pacsguard.plugins.decoders.train_neural", None)  # import fails
+    n = evaluate_decoders.neural()
+    assert n["present"] is False and n["note"].startswith("not present")
+    assert "not present" in "\n".join(evaluate_decoders._neural(n))
+
+
+def test_a_wrong_key_does_not_unscramble():
+    img = toy(smooth())
+    key, wrong = attacks.key_for(img, b"x" * 32), attacks.key_for(img, b"y" * 32)
+    c = attacks.scramble(img, key)
+    assert np.array_equal(attacks.unscramble(c, img, key), img.pixels)
+    assert not np.array_equal(attacks.unscramble(c, img, wrong), img.pixels)
+    assert isinstance(key, blocks.BlockKey)
