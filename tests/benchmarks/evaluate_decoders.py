@@ -332,8 +332,8 @@ def _protects(r: dict) -> list[str]:
     a = {x["image"]: x for x in r["attacks"]}
     ct = a.get("693_UNCI.dcm") or next(iter(a.values()))
     small = [x for x in r["attacks"] if "block_positions_only" in x.get("jigsaw", {})]
-    jig = ", ".join(f"{x['image']} {100 * x['jigsaw']['block_positions_only']['placed_right']:.0f} %"
-                    for x in small)
+    jig = ", ".join(f"{x['image']} ({x['jigsaw']['block_positions_only']['blocks']} blocks) "
+                    f"{100 * x['jigsaw']['block_positions_only']['placed_right']:.0f} %" for x in small)
     jig_full = ", ".join(f"{x['image']} {100 * x['jigsaw']['full_scramble_flip_undone'].get('placed_right', 0):.0f} %"
                          for x in small if "placed_right" in x["jigsaw"]["full_scramble_flip_undone"])
     cp = ", ".join(f"{x['image']}: {x['chosen_plaintext']['chosen_images']}" for x in r["attacks"])
@@ -341,9 +341,9 @@ def _protects(r: dict) -> list[str]:
     return [
         "## What `scramble` protects, and what it does not",
         "",
-        "`scramble` is a perceptual scrambler for inference on protected images, not a cipher "
-        "(../shared/REFERENCE.md, \"Perceptual encryption\"; what papers report as cipher-image statistics is "
-        "necessary-looking, never sufficient). Measured here:",
+        "`scramble` is a perceptual scrambler for inference on protected images (the block-wise scheme for "
+        "vision transformers of the Kiya lab), not a cipher; the cipher-image statistics papers report are "
+        "necessary-looking, never sufficient (broken chaotic ciphers meet them too). Measured here:",
         "",
         "It protects:",
         "",
@@ -369,9 +369,13 @@ def _protects(r: dict) -> list[str]:
         f"({ct['leading_bit']['flip_layer_removed_pct']:.0f} % of pixels), and the minimum-difference attack, "
         f"with the mask shared by every block, recovers the mask "
         f"({ct['minimum_difference']['shared_mask_bits_right_pct']:.0f} % of its bits on {ct['image']});",
-        f"- **block positions alone** fall to a simple jigsaw solver on small images (blocks placed right: {jig}); "
-        f"the shuffle inside the blocks is what stops this greedy solver (after it: {jig_full}), not a proof "
-        "that a better solver fails;",
+        f"- **block positions alone** fall to a simple greedy jigsaw solver on small images (blocks placed right: "
+        f"{jig}; where it fails, on many blocks of noisy flat background, that is this solver's limit, not a "
+        f"margin: published solvers do far better); the shuffle inside the blocks is what stops it (after it: "
+        f"{jig_full}), not a proof that a better attack fails: that shuffle is one permutation shared by every "
+        "block;",
+        "- **the converted model**: it is key material; the plain weights ship with the package, so the "
+        "converted patch embedding and position embeddings give the in-block order and the block order away;",
         "- **the values**: every block keeps its multiset of values and the image its histogram (without flip "
         "the entropy is the plain image's; see the statistics below), so coarse content (how much bone, air, "
         "contrast) shows through; there is **no diffusion** (one changed pixel changes one pixel of the "
@@ -388,7 +392,8 @@ def _attacks(rows: list[dict]) -> list[str]:
         "## Attacks on `scramble`",
         "",
         f"Real slices of pydicom / pydicom-data, `scramble` with block {rows[0]['block'] if rows else 16}. "
-        "Each cell: PSNR (dB, against the image's own dynamic range) / SSIM against the plain image, unless said. "
+        "Each cell: PSNR (dB, against the image's own dynamic range: negative where the flip moves values far "
+        "outside it) / SSIM against the plain image, unless said. "
         "See tests/benchmarks/attacks.py for each attack.",
         "",
         "| image | no key (scrambled, flip) | wrong key | leading-bit: flip layer removed | leading-bit, flip only "
@@ -462,7 +467,8 @@ def _stats(rows: list[dict]) -> list[str]:
         i = x["ideal"]
         out.append(f"| | ideal | {i['entropy_bits']:.4f} | 0 (\u00b1{i['correlation_bound']}) | "
                    f"{i['npcr_pct']:.4f} (> {i['npcr_critical_pct']:.4f}) / {i['uaci_pct']:.4f} | | |")
-    below = [f"{x['image']} ({name}: {s[name]['npcr_pct']:.4f} % < {x['ideal']['npcr_critical_pct']:.4f} %)"
+    below = [f"{x['image']} ({name.replace('_', ' ')}: {s[name]['npcr_pct']:.4f} % < "
+             f"{x['ideal']['npcr_critical_pct']:.4f} %)"
              for x in rows for s in [x["schemes"]["AES-256-GCM"]] for name in ("fresh_key", "key_sensitivity")
              if s[name]["npcr_pct"] < x["ideal"]["npcr_critical_pct"]]
     out += ["", "The bounds in brackets are tests at alpha = 0.05: an ideal cipher misses them 1 time in 20"

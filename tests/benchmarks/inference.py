@@ -218,6 +218,34 @@ def table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def harness_run(quick: bool = False) -> dict:
+    """The benchmark inside ``python -m tests.benchmarks`` (64 objects once with --quick,
+    else 360 three times); what is missing or failed is reported, never raised."""
+    from pacsguard.plugins.decoders import runtime
+
+    if not runtime.is_available():
+        return {"status": "skipped", "why": f"needs {', '.join(runtime.missing())} (pip install pacsguard[gpu])"}
+    quiet_logs()
+    try:
+        return {"status": "ok", **run(n=64 if quick else 360, batch=32, repeat=1 if quick else 3)}
+    except Exception as exc:
+        return {"status": "failed", "why": f"{type(exc).__name__}: {exc}"}
+
+
+def report_lines(res: dict) -> list[str]:
+    """The harness report's INFERENCE section (text lines)."""
+    if res.get("status") != "ok":
+        return ["", f"INFERENCE: {res.get('status')}: {res.get('why')}"]
+    out = ["", f"INFERENCE (infer, {res['images']} scrambled 32x32 digits, device {res['device']}, torch "
+               f"{res['torch_threads']} thread(s)): one at a time vs micro-batched (batch {res['batch_size']}), "
+               f"median of {res['repeat']}"]
+    for level, name in (("stage", "Infer stage"), ("pipeline", "spool + Processor")):
+        r = res[level]
+        out.append(f"  {name:<20} {r['one_at_a_time_images_per_s']:>9.1f} img/s -> {r['batched_images_per_s']:>9.1f} "
+                   f"img/s  ({r['speed_up']:.2f}x)")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=360, help="objects per run (default 360: the held-out split)")

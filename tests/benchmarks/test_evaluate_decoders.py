@@ -176,3 +176,15 @@ def test_a_wrong_key_does_not_unscramble():
     assert np.array_equal(attacks.unscramble(c, img, key), img.pixels)
     assert not np.array_equal(attacks.unscramble(c, img, wrong), img.pixels)
     assert isinstance(key, blocks.BlockKey)
+
+
+def test_the_harness_takes_the_inference_benchmark_and_prints_it(report):
+    from tests.benchmarks import harness, inference
+
+    assert harness.parse_args(["--no-inference"]).no_inference
+    assert not harness.parse_args([]).no_inference
+    lines = inference.report_lines({"status": "ok", **report[0]["micro_batching"]})
+    assert lines[1].startswith("INFERENCE (infer, 64 scrambled 32x32 digits")
+    assert "Infer stage" in lines[2] and "spool + Processor" in lines[3]
+    assert inference.report_lines({"status": "skipped", "why": "needs torch==2.13.0"})[1] == \
+        "INFERENCE: skipped: needs torch==2.13.0"
