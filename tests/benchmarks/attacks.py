@@ -239,13 +239,23 @@ def solve_jigsaw(tiles: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     # LR[i, j]: j to the right of i; TB[i, j]: j below i
     lr = _dissimilarity(t[:, :, 0], t[:, :, -1], t[:, :, 1], t[:, :, -2])
     tb = _dissimilarity(t[:, 0, :], t[:, -1, :], t[:, 1, :], t[:, -2, :])
-    # normalise each pair cost by the second-best alternative (Gallagher's confidence)
-    costs = {}
-    for name, d in (("lr", lr), ("tb", tb)):
-        second_row = np.sort(d, axis=1)[:, 1:2] if n > 2 else np.ones((n, 1))
-        second_col = np.sort(d, axis=0)[1:2, :] if n > 2 else np.ones((1, n))
-        costs[name] = d / (np.minimum(second_row, second_col) + 1e-9)
-    lr, tb = costs["lr"], costs["tb"]
+    return place(_confidence(lr), _confidence(tb), grid)
+
+
+def _confidence(d: np.ndarray) -> np.ndarray:
+    """Each pair cost over the second-best alternative of either piece (Gallagher's
+    confidence): a pair that is clearly better than the alternatives costs little."""
+    n = len(d)
+    second_row = np.sort(d, axis=1)[:, 1:2] if n > 2 else np.ones((n, 1))
+    second_col = np.sort(d, axis=0)[1:2, :] if n > 2 else np.ones((1, n))
+    return d / (np.minimum(second_row, second_col) + 1e-9)
+
+
+def place(lr: np.ndarray, tb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The greedy placer of :func:`solve_jigsaw` on given costs (``lr[i, j]``: piece j right
+    of piece i; ``tb[i, j]``: j below i)."""
+    n = len(lr)
+    down, across = grid
     pos: dict[tuple[int, int], int] = {}
     placed = np.zeros(n, dtype=bool)
     best = np.minimum(lr.min(1), tb.min(1))
@@ -341,6 +351,140 @@ def _origins(ct: np.ndarray, pt: np.ndarray, shuffled: bool):
     return group_c, group_p, origin
 
 
+# --- the shared in-block order, from the scrambled image alone ------------------------------
+
+def dihedral(block: int) -> list[np.ndarray]:
+    """The 8 rotations / reflections of a B x B block, as index arrays over raster order."""
+    g = np.arange(block * block).reshape(block, block)
+    out = []
+    for k in range(4):
+        r = np.rot90(g, k)
+        out += [r.ravel(), r.T.ravel()]
+    return out
+
+
+def _order_cost(arr: np.ndarray, d: np.ndarray, block: int) -> float:
+    g = arr.reshape(block, block)
+    return float(d[g[:, :-1], g[:, 1:]].sum() + d[g[:-1], g[1:]].sum())
+
+
+def _snap(coords: np.ndarray, block: int) -> np.ndarray:
+    """2-D coordinates of B*B points -> a B x B arrangement: B rows by y, each sorted by x."""
+    rows = np.argsort(coords[:, 1], kind="stable").reshape(block, block)
+    return np.concatenate([r[np.argsort(coords[r, 0], kind="stable")] for r in rows])
+
+
+def _refine(arr: np.ndarray, d: np.ndarray, block: int, passes: int = 4) -> np.ndarray:
+    """Pairwise swaps that lower the arrangement's cost, until none does (or ``passes``)."""
+    arr = arr.copy()
+    n = block * block
+    nbrs = [[(y + dy) * block + x + dx for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))
+             if 0 <= y + dy < block and 0 <= x + dx < block] for y in range(block) for x in range(block)]
+
+    def local(slot: int, piece: int) -> float:
+        return float(sum(d[piece, arr[m]] for m in nbrs[slot]))
+
+    for _ in range(passes):
+        improved = False
+        for a in range(n):
+            for b in range(a + 1, n):
+                pa, pb = arr[a], arr[b]
+                before = local(a, pa) + local(b, pb)
+                arr[a], arr[b] = pb, pa
+                after = local(a, pb) + local(b, pa)
+                if after < before - 1e-12:
+                    improved = True
+                else:
+                    arr[a], arr[b] = pa, pb
+        if not improved:
+            break
+    return arr
+
+
+def in_block_order(cipher: np.ndarray, block: int) -> np.ndarray:
+    """Recover the in-block order that one key gives every block, from the scrambled image
+    alone: over the blocks that are not flat, the mean absolute difference of the
+    (block-normalised) values at two in-block positions is smallest for positions that are
+    neighbours in the plain block. Isomap (scikit-learn) lays the positions out in 2-D, the
+    layout is snapped to the B x B grid at the angle that makes neighbours cheapest, and
+    pairwise swaps polish it. Returns ``arr``: the cipher in-block position to put at each
+    slot of a block (raster order), right up to one of the block's 8 symmetries."""
+    from sklearn.manifold import Isomap
+
+    t = blocks.to_blocks(np.asarray(cipher, dtype=np.float64)[None, :, :, None], block)[0]
+    sd = t.std(axis=1)
+    z = t[sd > np.percentile(sd, 25)] if len(t) >= 4 else t
+    z = (z - z.mean(1, keepdims=True)) / (z.std(1, keepdims=True) + 1e-9)
+    m = block * block
+    d = np.zeros((m, m))
+    for at in range(0, len(z), 128):
+        zz = z[at:at + 128]
+        d += np.abs(zz[:, :, None] - zz[:, None, :]).sum(0)
+    d /= max(len(z), 1)
+    best = None
+    for k in (4, 6, 8, 10):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            emb = Isomap(n_neighbors=k, n_components=2, metric="precomputed").fit_transform(d)
+        for deg in range(0, 90, 2):
+            th = np.deg2rad(deg)
+            rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+            arr = _snap(emb @ rot.T, block)
+            cost = _order_cost(arr, d, block)
+            if best is None or cost < best[0]:
+                best = (cost, arr)
+    return _refine(best[1], d, block)
+
+
+def unshuffle(cipher: np.ndarray, arr: np.ndarray, block: int) -> np.ndarray:
+    """Every block of ``cipher`` with its values put back in the order ``arr`` recovered."""
+    rows, columns = cipher.shape
+    t = blocks.to_blocks(np.asarray(cipher)[None, :, :, None], block)
+    grid_key = blocks.BlockKey(block, (rows // block, columns // block), 1, np.arange(0), np.arange(0), None)
+    return blocks.from_blocks(t[..., arr], grid_key)[0, :, :, 0]
+
+
+def orient_and_solve(image: np.ndarray, block: int) -> np.ndarray:
+    """The blocks of ``image``, each right up to one shared symmetry: try the 8, keep the one
+    whose blocks fit best (sum of every block's best right and lower neighbour), reassemble."""
+    rows, columns = image.shape
+    grid = (rows // block, columns // block)
+    tiles = _tiles(np.asarray(image, dtype=np.float64), block)
+    best = None
+    for sym in dihedral(block):
+        t = tiles.reshape(len(tiles), -1)[:, sym].reshape(tiles.shape)
+        lr = _dissimilarity(t[:, :, 0], t[:, :, -1], t[:, :, 1], t[:, :, -2])
+        tb = _dissimilarity(t[:, 0, :], t[:, -1, :], t[:, 1, :], t[:, -2, :])
+        fit = float(np.sort(lr, 1)[:, 0].sum() + np.sort(tb, 1)[:, 0].sum()) if len(t) > 1 else 0.0
+        if best is None or fit < best[0]:
+            best = (fit, t)
+    t = best[1]
+    return _untile(t[solve_jigsaw(t, grid)], grid)
+
+
+def best_symmetry_scores(plain: np.ndarray, test: np.ndarray) -> dict:
+    """:func:`scores` against the plain image turned by whichever of its 8 symmetries fits
+    best (an image read rotated or mirrored is read all the same)."""
+    cands = [np.rot90(test, k) for k in range(4)] + [np.rot90(test, k).T for k in range(4)]
+    cands = [c for c in cands if c.shape == plain.shape]
+    return max((scores(plain, c) for c in cands), key=lambda s: (s["identical"], s["ssim"]))
+
+
+def shared_order_attack(c_noflip: np.ndarray, plain: np.ndarray, key: blocks.BlockKey, block: int,
+                        reassemble: bool) -> dict:
+    """The in-block order attack on the scrambled image (its flip undone first), scored:
+    in-block positions right up to the block's symmetries (the scorer uses ``key.pi``, the
+    attacker does not), and the image after the jigsaw solver put the unshuffled blocks together."""
+    arr = in_block_order(c_noflip, block)
+    truth = key.pi[arr]  # the plain in-block position at each slot
+    right = max(float(np.mean(truth == sym)) for sym in dihedral(block))
+    out = {"in_block_positions_right_pct": round(100 * right, 2)}
+    if reassemble:
+        out["reassembly_vs_plain_best_symmetry"] = best_symmetry_scores(
+            plain, orient_and_solve(unshuffle(c_noflip, arr, block), block))
+    return out
+
+
 # --- chosen-plaintext attack -----------------------------------------------------------------
 
 def chosen_plaintexts(shape: tuple[int, int], stored: tuple[int, int]) -> list[np.ndarray]:
@@ -430,6 +574,7 @@ def attack_image(img: Image, block: int = BLOCK, jigsaw_max: int = JIGSAW_MAX_BL
         }
     else:
         res["jigsaw"] = {"skipped": f"{n_blocks} blocks (the greedy solver here takes up to {jigsaw_max})"}
+    res["shared_order"] = shared_order_attack(shared, plain, full, block, reassemble=n_blocks <= jigsaw_max)
     res["chosen_plaintext"] = chosen_plaintext(img, full)
     return res
 
