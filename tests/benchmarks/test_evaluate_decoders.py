@@ -46,6 +46,8 @@ def test_the_generator_writes_the_report_and_its_json(report):
                     "### Inference: micro-batched vs one image at a time", "## Neural cipher"):
         assert heading in text
     assert "Quick run" in text
+    assert "| in-block positions right |" in text
+    assert all("in_block_positions_right_pct" in a["shared_order"] for a in results["attacks"])
     again = json.loads((folder / "decoders-evaluation.json").read_text())
     assert again["infer"]["test_images"] == results["infer"]["test_images"] == 60
 
@@ -188,3 +190,26 @@ def test_the_harness_takes_the_inference_benchmark_and_prints_it(report):
     assert "Infer stage" in lines[2] and "spool + Processor" in lines[3]
     assert inference.report_lines({"status": "skipped", "why": "needs torch==2.13.0"})[1] == \
         "INFERENCE: skipped: needs torch==2.13.0"
+
+
+def test_the_in_block_order_is_recovered_from_a_smooth_image_alone_and_not_from_noise():
+    from scipy.ndimage import gaussian_filter
+
+    f = gaussian_filter(np.random.default_rng(3).normal(size=(128, 128)), 4)
+    img = toy(np.rint((f - f.min()) / (f.max() - f.min()) * 255))
+    key = attacks.key_for(img, block=16, flip=False)
+    r = attacks.shared_order_attack(attacks.scramble(img, key), img.pixels, key, 16, reassemble=False)
+    assert r["in_block_positions_right_pct"] == 100.0
+    noise = toy(np.random.default_rng(4).integers(0, 256, (128, 128)))
+    key = attacks.key_for(noise, block=16, flip=False)
+    r = attacks.shared_order_attack(attacks.scramble(noise, key), noise.pixels, key, 16, reassemble=False)
+    assert r["in_block_positions_right_pct"] < 10
+
+
+def test_unshuffle_with_the_true_order_gives_the_block_positions_only_image():
+    img = toy(smooth())
+    key = attacks.key_for(img, block=16, flip=False)
+    # the true arrangement: slot s holds the cipher position j with pi[j] == s
+    arr = np.argsort(key.pi)
+    assert np.array_equal(attacks.unshuffle(attacks.scramble(img, key), arr, 16),
+                          attacks.scramble(img, attacks.partial_key(key, pi=False, flip=False)))
