@@ -377,12 +377,12 @@ def _protects(r: dict) -> list[str]:
         f"- **the shuffle inside the blocks, from the scrambled image alone**: the in-block order is one "
         f"permutation shared by every block, and positions that are neighbours in the plain block hold the most "
         f"similar values over all the blocks; laying the positions out by that similarity recovers the order "
-        f"({order}; the scorer, not the attacker, knows the key), after which only the block positions remain;",
+        f"({order}; the scorer, not the attacker, knows the key), after which only the block positions remain "
+        f"and a jigsaw solver shows coarse anatomy (the figure below);",
         f"- **block positions alone** fall to a simple greedy jigsaw solver on small images (blocks placed right: "
         f"{jig}; where it fails, on many blocks of noisy flat background, that is this solver's limit, not a "
-        f"margin: published solvers do far better); the shuffle inside the blocks is what stops it (after it: "
-        f"{jig_full}), not a proof that a better attack fails: that shuffle is one permutation shared by every "
-        "block;",
+        f"margin: published solvers do far better); left in place, the shuffle inside the blocks stops it (after "
+        f"it: {jig_full}), but the previous point undoes most of that shuffle;",
         "- **the converted model**: it is key material; the plain weights ship with the package, so the "
         "converted patch embedding and position embeddings give the in-block order and the block order away;",
         "- **the values**: every block keeps its multiset of values and the image its histogram (without flip "
@@ -601,7 +601,7 @@ def make_figure(path: Path, name: str = TIMED_CT) -> str | None:
     fig.suptitle(f"Attacks on scramble without the key: {name} (pydicom-data)", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=64)
+    fig.savefig(path, dpi=56)
     plt.close(fig)
     return path.name
 
