@@ -315,22 +315,19 @@ def jigsaw(cipher: np.ndarray, plain: np.ndarray, block: int, shuffled: bool = F
     ct, pt = _tiles(cipher, block), _tiles(plain, block)
     placement = solve_jigsaw(ct, grid)
     out = _untile(ct[placement], grid)
-    group_c, group_p, origin = _origins(ct, pt, shuffled)
+    group_c, group_p, _ = _origins(ct, pt, shuffled)
     n = len(pt)
     direct = float(np.mean(group_c[placement] == group_p))
     down, across = grid
-    where = np.empty(n, dtype=np.int64)  # plain block -> slot it was put at
-    where[origin[placement]] = np.arange(n)
-    right = total = 0
-    for b in range(n):
-        y, x = divmod(b, across)
-        for nb, dy, dx in ((b + 1, 0, 1), (b + across, 1, 0)):
-            if (dx and x + 1 >= across) or (dy and y + 1 >= down):
-                continue
-            total += 1
-            sy, sx = divmod(int(where[b]), across)
-            ty, tx = divmod(int(where[nb]), across)
-            right += (ty - sy, tx - sx) == (dy, dx)
+    # neighbour comparison: an adjacent pair of slots is right when the blocks shown there
+    # are (in content) a pair adjacent the same way in the plain image
+    shown = group_c[placement].reshape(down, across)
+    truth = group_p.reshape(down, across)
+    pairs = {("h", a, b) for a, b in zip(truth[:, :-1].ravel(), truth[:, 1:].ravel())}
+    pairs |= {("v", a, b) for a, b in zip(truth[:-1].ravel(), truth[1:].ravel())}
+    got = [("h", a, b) in pairs for a, b in zip(shown[:, :-1].ravel(), shown[:, 1:].ravel())]
+    got += [("v", a, b) in pairs for a, b in zip(shown[:-1].ravel(), shown[1:].ravel())]
+    right, total = sum(got), len(got)
     return {"blocks": n, "placed_right": round(direct, 4), "neighbours_right": round(right / max(total, 1), 4),
             **scores(plain, out)}
 
