@@ -48,6 +48,8 @@ def test_the_generator_writes_the_report_and_its_json(report):
     assert "Quick run" in text
     assert "| in-block positions right |" in text
     assert all("in_block_positions_right_pct" in a["shared_order"] for a in results["attacks"])
+    assert "](decoders-evaluation.png)" not in text  # quick runs draw no figure
+    assert "](fig.png)" in evaluate_decoders.render({**results, "figure": "fig.png"})
     again = json.loads((folder / "decoders-evaluation.json").read_text())
     assert again["infer"]["test_images"] == results["infer"]["test_images"] == 60
 
@@ -213,3 +215,12 @@ def test_unshuffle_with_the_true_order_gives_the_block_positions_only_image():
     arr = np.argsort(key.pi)
     assert np.array_equal(attacks.unshuffle(attacks.scramble(img, key), arr, 16),
                           attacks.scramble(img, attacks.partial_key(key, pi=False, flip=False)))
+
+
+def test_the_figure_is_drawn_from_a_real_slice(tmp_path):
+    pytest.importorskip("matplotlib")
+    if not attacks.load_images([evaluate_decoders.TIMED_CT]):
+        pytest.skip(f"{evaluate_decoders.TIMED_CT} (pydicom-data) is not installed")
+    name = evaluate_decoders.make_figure(tmp_path / "fig.png")
+    assert name == "fig.png"
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
