@@ -346,7 +346,10 @@ def render(r: dict) -> str:
     lines.append(f"| scrambled pixels that differ from the plain ones | {fl['scrambled_pixels_differ_pct']:.1f} % "
                  f"| {nf['scrambled_pixels_differ_pct']:.1f} % |")
     lines += ["", "Without the key the model collapses to chance; with it, it is the plain model, prediction by "
-              "prediction.", ""]
+              "prediction. The plain-model and wrong-key rows run the model directly on the stage's scrambled "
+              "pixels: the `infer` stage itself refuses a key whose key ID is not the one recorded in the object "
+              "(quarantined with that reason), and classifies a scrambled object only with the converted model.",
+              ""]
     lines += _attacks(r["attacks"])
     if r.get("figure"):
         lines += [f"![What the attacks make of {TIMED_CT} without the key]({r['figure']})", ""]
