@@ -20,6 +20,11 @@ SSIM of scikit-image):
   scramble output (pixels shuffled inside every block too, flip undone first with the
   majority minimum-difference attack): fraction of blocks at their right place, of right
   neighbour pairs, PSNR of the reassembly;
+- **the shared in-block order from the scrambled image alone**: one permutation shuffles the
+  pixels of every block, and positions that are neighbours in the plain block hold the most
+  similar values over all the blocks; Isomap lays the positions out, the layout is snapped
+  to the block's grid, and the jigsaw solver then works on the unshuffled blocks
+  (:func:`shared_order_attack`);
 - **chosen-plaintext attack** (Chang & Case 2020's setting: one key for many images): the
   attacker has images of their choice scrambled with the key (anyone who can send images
   into the route can); pixel values that encode each pixel's own position reveal the

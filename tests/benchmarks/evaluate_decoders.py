@@ -173,7 +173,8 @@ def throughput(samples: int = 30, infer_n: int = 360, repeat: int = 3, quick: bo
         digits = inference.scrambled_digits(work / "digits", max(infer_n, 64), store)
         plain_digit = sorted((work / "digits" / "plain").glob("*.dcm"))[0]
         ct = None if quick else next((p for p in bundled_images() if p.name == TIMED_CT), None)
-        cases = [("digit 32x32 8-bit, block 4, flip", plain_digit, Scramble.Options(key="vit", block_size=4, flip=True))]
+        cases = [("digit 32x32 8-bit, block 4, flip", plain_digit,
+                  Scramble.Options(key="vit", block_size=4, flip=True))]
         if ct is not None:
             cases.insert(0, (f"CT {TIMED_CT} 512x512 16-bit, block 16", ct, Scramble.Options(key="vit", block_size=16)))
         for label, path, opts in cases:
@@ -654,7 +655,8 @@ def write(results: dict, out: Path, json_path: Path | None) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the markdown report (default docs/decoders-evaluation.md)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="the markdown report (default docs/decoders-evaluation.md)")
     p.add_argument("--json", type=Path, help="the figures as JSON (default: beside --out, .json)")
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (figures not meaningful)")
     args = p.parse_args(argv)
