@@ -537,6 +537,8 @@ def attack_image(img: Image, block: int = BLOCK, jigsaw_max: int = JIGSAW_MAX_BL
     plain = img.pixels
     res: dict = {"image": img.name, "what": img.what, "shape": list(plain.shape), "block": block,
                  "stored_range": list(img.stored)}
+    res["round_trip_exact"] = bool(np.array_equal(unscramble(c_full, img, full), plain)
+                                   and np.array_equal(unscramble(c_noflip, img, noflip), plain))
     res["no_key"] = {"scrambled": scores(plain, c_full), "scrambled_no_flip": scores(plain, c_noflip)}
     res["wrong_key"] = scores(plain, unscramble(c_full, img, wrong))
     # leading bit: on the full scheme it removes the flip layer exactly; on negative-positive

@@ -389,7 +389,9 @@ def _protects(r: dict) -> list[str]:
         f"{100 * inf['plain_model_scrambled_images']:.1f} %, a model converted with a wrong key "
         f"{100 * inf['wrong_key_model_scrambled_images']:.1f} % (chance 10 %), while the key holder's converted "
         f"model gives the plain model's predictions exactly;",
-        "- **exact restoration** for the key holder (`unscramble`, tested on every bundled image it takes).",
+        f"- **exact restoration** for the key holder (here: "
+        f"{'exact on every image' if all(x['round_trip_exact'] for x in r['attacks']) else 'NOT exact on some image'}"
+        "; the test suite checks `unscramble` on every bundled image `scramble` takes).",
         "",
         "It does not protect:",
         "",

@@ -70,6 +70,7 @@ def test_the_attack_and_statistics_figures_are_in_range(report):
     for a in results["attacks"]:
         assert a["no_key"]["scrambled"]["ssim"] < 0.3 and not a["no_key"]["scrambled"]["identical"]
         assert not a["wrong_key"]["identical"]
+        assert a["round_trip_exact"]
         assert a["leading_bit"]["flip_layer_removed_pct"] == 100.0  # a value and its flip fold alike
         assert a["chosen_plaintext"]["identical"]
         j = a["jigsaw"]["block_positions_only"]
