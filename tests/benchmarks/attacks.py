@@ -14,8 +14,10 @@ SSIM of scikit-image):
   flipped) keep the one closest to the decoded neighbour above (row 0: on the left); and
   the variant that uses what the scheme shares: one flip mask for every block, so each
   in-block position takes the majority decision of all blocks;
-- **jigsaw-solver baseline**: a greedy edge-compatibility solver (prediction-based
-  dissimilarity, Pomeranz et al. 2011; slots with most placed neighbours first) on block
+- **jigsaw-solver baseline**: an edge-compatibility solver (prediction-based dissimilarity,
+  Pomeranz et al. 2011, over the second-best alternative; Kruskal-style merging of the
+  cheapest pairs after Gallagher 2012, then greedy filling: slots with most placed
+  neighbours first) on block
   scrambling alone (positions permuted, pixels inside the blocks kept) and on the full
   scramble output (pixels shuffled inside every block too, flip undone first with the
   majority minimum-difference attack): fraction of blocks at their right place, of right
@@ -230,10 +232,11 @@ def _dissimilarity(first: np.ndarray, last: np.ndarray, inner_first: np.ndarray,
 
 
 def solve_jigsaw(tiles: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Greedy placement of ``tiles`` (n, B, B) on a ``grid`` (down, across): the tile with
-    the most confident neighbour first, then, repeatedly, the free slot with the most placed
-    neighbours (ties: the lowest cost) gets the unplaced tile that fits them best. Returns
-    ``placement`` (down*across,): the tile put at each slot (raster order)."""
+    """Reassemble ``tiles`` (n, B, B) on a ``grid`` (down, across): the largest cluster that
+    :func:`merge_clusters` builds from the cheapest pairs, then, repeatedly, the free slot
+    with the most placed neighbours (ties: the lowest cost) gets the unplaced tile that fits
+    them best (:func:`place`). Returns ``placement`` (down*across,): the tile put at each
+    slot (raster order)."""
     t = tiles.astype(np.float64)
     n = len(t)
     down, across = grid
@@ -244,7 +247,8 @@ def solve_jigsaw(tiles: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     # LR[i, j]: j to the right of i; TB[i, j]: j below i
     lr = _dissimilarity(t[:, :, 0], t[:, :, -1], t[:, :, 1], t[:, :, -2])
     tb = _dissimilarity(t[:, 0, :], t[:, -1, :], t[:, 1, :], t[:, -2, :])
-    return place(_confidence(lr), _confidence(tb), grid)
+    lr, tb = _confidence(lr), _confidence(tb)
+    return place(lr, tb, grid, merge_clusters(lr, tb, grid))
 
 
 def _confidence(d: np.ndarray) -> np.ndarray:
@@ -256,18 +260,24 @@ def _confidence(d: np.ndarray) -> np.ndarray:
     return d / (np.minimum(second_row, second_col) + 1e-9)
 
 
-def place(lr: np.ndarray, tb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+def place(lr: np.ndarray, tb: np.ndarray, grid: tuple[int, int],
+          start: dict[tuple[int, int], int] | None = None) -> np.ndarray:
     """The greedy placer of :func:`solve_jigsaw` on given costs (``lr[i, j]``: piece j right
-    of piece i; ``tb[i, j]``: j below i)."""
+    of piece i; ``tb[i, j]``: j below i), growing ``start`` (slot -> piece, relative
+    coordinates) when given, else the piece with the most confident neighbour."""
     n = len(lr)
     down, across = grid
-    pos: dict[tuple[int, int], int] = {}
     placed = np.zeros(n, dtype=bool)
-    best = np.minimum(lr.min(1), tb.min(1))
-    seed = int(np.argmin(best))
-    pos[(0, 0)] = seed
-    placed[seed] = True
-    box = [0, 0, 0, 0]  # min row, max row, min column, max column
+    if start:
+        pos = dict(start)
+        placed[list(pos.values())] = True
+    else:
+        best = np.minimum(lr.min(1), tb.min(1))
+        seed = int(np.argmin(best))
+        pos = {(0, 0): seed}
+        placed[seed] = True
+    ys, xs = [y for y, _ in pos], [x for _, x in pos]
+    box = [min(ys), max(ys), min(xs), max(xs)]  # min row, max row, min column, max column
 
     def fits(y, x):
         return (max(box[1], y) - min(box[0], y) < down) and (max(box[3], x) - min(box[2], x) < across)
@@ -306,6 +316,45 @@ def place(lr: np.ndarray, tb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     for (y, x), j in pos.items():
         placement[(y - box[0]) * across + (x - box[2])] = j
     return placement
+
+
+def merge_clusters(lr: np.ndarray, tb: np.ndarray, grid: tuple[int, int], k: int = 3) -> dict[tuple[int, int], int]:
+    """Kruskal-style reassembly (after Gallagher 2012): each piece's ``k`` cheapest right and
+    lower neighbours, cheapest first, join two clusters when the pieces do not overlap and
+    the union still fits the grid. Returns the largest cluster (slot -> piece)."""
+    n = len(lr)
+    down, across = grid
+    edges = []
+    for cost, dy, dx in ((lr, 0, 1), (tb, 1, 0)):
+        nearest = np.argsort(cost, axis=1)[:, :k]
+        for i in range(n):
+            for j in nearest[i]:
+                if np.isfinite(cost[i, j]):
+                    edges.append((float(cost[i, j]), i, int(j), dy, dx))
+    edges.sort()
+    owner = list(range(n))
+    where = [(0, 0)] * n  # each piece's slot in its cluster's frame
+    cells: dict[int, dict[tuple[int, int], int]] = {i: {(0, 0): i} for i in range(n)}
+    for _, i, j, dy, dx in edges:
+        a, b = owner[i], owner[j]
+        if a == b:
+            continue
+        (yi, xi), (yj, xj) = where[i], where[j]
+        sy, sx = yi + dy - yj, xi + dx - xj  # b's frame moved into a's
+        if len(cells[b]) > len(cells[a]):  # move the smaller cluster
+            a, b, sy, sx = b, a, -sy, -sx
+        moved = {(y + sy, x + sx): p for (y, x), p in cells[b].items()}
+        if any(c in cells[a] for c in moved):
+            continue
+        ys = [y for y, _ in cells[a]] + [y for y, _ in moved]
+        xs = [x for _, x in cells[a]] + [x for _, x in moved]
+        if max(ys) - min(ys) >= down or max(xs) - min(xs) >= across:
+            continue
+        cells[a].update(moved)
+        for c, p in moved.items():
+            owner[p], where[p] = a, c
+        del cells[b]
+    return max(cells.values(), key=len)
 
 
 def jigsaw(cipher: np.ndarray, plain: np.ndarray, block: int, shuffled: bool = False) -> dict:

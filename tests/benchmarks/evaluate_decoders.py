@@ -365,9 +365,11 @@ def _protects(r: dict) -> list[str]:
     ct = a.get("693_UNCI.dcm") or next(iter(a.values()))
     small = [x for x in r["attacks"] if "block_positions_only" in x.get("jigsaw", {})]
     jig = ", ".join(f"{x['image']} ({x['jigsaw']['block_positions_only']['blocks']} blocks) "
-                    f"{100 * x['jigsaw']['block_positions_only']['placed_right']:.0f} %" for x in small)
-    jig_full = ", ".join(f"{x['image']} {100 * x['jigsaw']['full_scramble_flip_undone'].get('placed_right', 0):.0f} %"
-                         for x in small if "placed_right" in x["jigsaw"]["full_scramble_flip_undone"])
+                    f"{100 * x['jigsaw']['block_positions_only']['placed_right']:.0f} % / "
+                    f"{100 * x['jigsaw']['block_positions_only']['neighbours_right']:.0f} %" for x in small)
+    jig_full = ", ".join(
+        f"{x['image']} {100 * x['jigsaw']['full_scramble_flip_undone'].get('neighbours_right', 0):.0f} %"
+        for x in small if "neighbours_right" in x["jigsaw"]["full_scramble_flip_undone"])
     order = ", ".join(f"{x['image']} {x['shared_order']['in_block_positions_right_pct']:.0f} %" for x in r["attacks"]
                       if "shared_order" in x)
     order = f"in-block positions right up to the block's symmetries: {order}"
@@ -410,11 +412,12 @@ def _protects(r: dict) -> list[str]:
         f"permutation shared by every block, and positions that are neighbours in the plain block hold the most "
         f"similar values over all the blocks; laying the positions out by that similarity recovers the order "
         f"({order}; the scorer, not the attacker, knows the key), after which only the block positions remain "
-        f"and a jigsaw solver shows coarse anatomy (the figure below);",
-        f"- **block positions alone** fall to a simple greedy jigsaw solver on small images (blocks placed right: "
-        f"{jig}; where it fails, on many blocks of noisy flat background, that is this greedy solver's limit, "
-        f"not a measured margin: better solvers exist); left in place, the shuffle inside the blocks stops it (after "
-        f"it: {jig_full}), but the previous point undoes most of that shuffle;",
+        f"and the jigsaw solver shows parts of the anatomy (the figure below);",
+        f"- **block positions alone** fall to a simple jigsaw solver (blocks at their place / neighbour pairs "
+        f"right: {jig}; a reassembly shifted by one block has none at its place but its neighbours right: see the "
+        f"figure; what it misses, on noisy flat background, is "
+        f"this solver's limit, not a measured margin); left in place, the shuffle inside the blocks stops it "
+        f"(neighbour pairs right after it: {jig_full}), but the previous point undoes most of that shuffle;",
         "- **the converted model**: it is key material; the plain weights ship with the package, so the "
         "converted patch embedding and position embeddings give the in-block order and the block order away;",
         "- **the values**: every block keeps its multiset of values and the image its histogram (without flip "
@@ -456,8 +459,11 @@ def _attacks(rows: list[dict]) -> list[str]:
         "reverse video. Minimum-difference is scored up to one global negative-positive (both "
         "polarities read as the image).",
         "",
-        "Jigsaw-solver baseline (greedy, prediction-based edge compatibility; the scorer, not the solver, knows "
-        "which block is which):",
+        "Jigsaw-solver baseline (prediction-based edge compatibility over the second-best alternative; "
+        "Kruskal-style merging of the cheapest pairs into clusters that fit the grid, then greedy filling around "
+        "the largest; the scorer, not the solver, knows which block is which). \"Placed right\": direct "
+        "comparison (a reassembly shifted by one block scores 0); \"neighbours right\": adjacent pairs of the "
+        "reassembly that are adjacent the same way in the plain image:",
         "",
         "| image | blocks | block positions only: placed right / neighbours right / PSNR, SSIM of the reassembly "
         "| full scramble (flip undone first): placed right / neighbours right / PSNR, SSIM |",
@@ -619,9 +625,9 @@ def make_figure(path: Path, name: str = TIMED_CT) -> str | None:
     grid = (rows // b, columns // b)
     panels = [("plain", img.pixels), ("scramble (block 16, flip): what is sent", cipher),
               ("flip undone, in-block order recovered", unshuffled),
-              ("... then the greedy jigsaw solver", attacks.orient_and_solve(unshuffled, b)),
+              ("... then the jigsaw solver", attacks.orient_and_solve(unshuffled, b)),
               ("block positions alone (no in-block shuffle)", positions),
-              ("... and the greedy jigsaw solver on it",
+              ("... and the jigsaw solver on it",
                attacks._untile(attacks._tiles(positions, b)[attacks.solve_jigsaw(attacks._tiles(positions, b), grid)],
                                grid))]
     lo_v, hi_v = np.percentile(img.pixels, [1, 99.5])
