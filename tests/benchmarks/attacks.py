@@ -58,7 +58,7 @@ IMAGES = (
 KEY = hashlib.sha256(b"pacsguard attacks key").digest()
 WRONG_KEY = hashlib.sha256(b"pacsguard attacks wrong key").digest()
 BLOCK = 16  # scramble's default block size
-JIGSAW_MAX_BLOCKS = 1024  # the greedy solver is O(blocks^2) per step: beyond this it is skipped
+JIGSAW_MAX_BLOCKS = 1024  # the solver's cost matrices are blocks x blocks: beyond this it is skipped
 
 
 @dataclass
@@ -626,7 +626,7 @@ def attack_image(img: Image, block: int = BLOCK, jigsaw_max: int = JIGSAW_MAX_BL
             else {"blocks": n_blocks, "note": "flip not fully undone: tiles cannot be matched to score"},
         }
     else:
-        res["jigsaw"] = {"skipped": f"{n_blocks} blocks (the greedy solver here takes up to {jigsaw_max})"}
+        res["jigsaw"] = {"skipped": f"{n_blocks} blocks (this solver's cost matrices are kept to {jigsaw_max})"}
     res["shared_order"] = shared_order_attack(shared, plain, full, block, reassemble=n_blocks <= jigsaw_max)
     res["chosen_plaintext"] = chosen_plaintext(img, full)
     return res

@@ -463,7 +463,8 @@ def _attacks(rows: list[dict]) -> list[str]:
         "Kruskal-style merging of the cheapest pairs into clusters that fit the grid, then greedy filling around "
         "the largest; the scorer, not the solver, knows which block is which). \"Placed right\": direct "
         "comparison (a reassembly shifted by one block scores 0); \"neighbours right\": adjacent pairs of the "
-        "reassembly that are adjacent the same way in the plain image:",
+        "reassembly that are adjacent the same way in the plain image. PSNR and SSIM compare pixel by pixel: a "
+        "reassembly that is right in pieces but shifted scores low while it reads well (the figure).",
         "",
         "| image | blocks | block positions only: placed right / neighbours right / PSNR, SSIM of the reassembly "
         "| full scramble (flip undone first): placed right / neighbours right / PSNR, SSIM |",
