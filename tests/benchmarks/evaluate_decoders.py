@@ -632,13 +632,14 @@ def make_figure(path: Path, name: str = TIMED_CT) -> str | None:
                attacks._untile(attacks._tiles(positions, b)[attacks.solve_jigsaw(attacks._tiles(positions, b), grid)],
                                grid))]
     lo_v, hi_v = np.percentile(img.pixels, [1, 99.5])
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8.4))
+    fig, axes = plt.subplots(2, 3, figsize=(12, 8.8))
     for ax, (title, im) in zip(axes.ravel(), panels):
         ax.imshow(im, cmap="gray", vmin=lo_v, vmax=hi_v, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.suptitle(f"Attacks on scramble without the key: {name} (pydicom-data)", fontsize=11)
     fig.tight_layout()
+    fig.subplots_adjust(hspace=0.12, top=0.92)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=56)
     plt.close(fig)
