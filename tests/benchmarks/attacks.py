@@ -419,10 +419,16 @@ def _order_cost(arr: np.ndarray, d: np.ndarray, block: int) -> float:
     return float(d[g[:, :-1], g[:, 1:]].sum() + d[g[:-1], g[1:]].sum())
 
 
-def _snap(coords: np.ndarray, block: int) -> np.ndarray:
-    """2-D coordinates of B*B points -> a B x B arrangement: B rows by y, each sorted by x."""
-    rows = np.argsort(coords[:, 1], kind="stable").reshape(block, block)
-    return np.concatenate([r[np.argsort(coords[r, 0], kind="stable")] for r in rows])
+def _snap(coords: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """2-D coordinates of B*B points -> the slot of the B x B grid each takes: the
+    assignment of points to slots with the least total squared distance (scipy's
+    ``linear_sum_assignment``). Returns the point at each slot."""
+    from scipy.optimize import linear_sum_assignment
+
+    points, slots = linear_sum_assignment(((coords[:, None, :] - grid[None, :, :]) ** 2).sum(-1))
+    arr = np.empty(len(grid), dtype=np.int64)
+    arr[slots] = points
+    return arr
 
 
 def _refine(arr: np.ndarray, d: np.ndarray, block: int, passes: int = 4) -> np.ndarray:
@@ -457,8 +463,8 @@ def in_block_order(cipher: np.ndarray, block: int) -> np.ndarray:
     alone: over the blocks that are not flat, the mean absolute difference of the
     (block-normalised) values at two in-block positions is smallest for positions that are
     neighbours in the plain block. Isomap (scikit-learn) lays the positions out in 2-D, the
-    layout is snapped to the B x B grid at the angle that makes neighbours cheapest, and
-    pairwise swaps polish it. Returns ``arr``: the cipher in-block position to put at each
+    layout is whitened and assigned to the B x B grid at the angle (and Isomap neighbourhood)
+    that makes neighbours cheapest, and pairwise swaps polish it. Returns ``arr``: the cipher in-block position to put at each
     slot of a block (raster order), right up to one of the block's 8 symmetries."""
     from sklearn.manifold import Isomap
 
@@ -472,15 +478,18 @@ def in_block_order(cipher: np.ndarray, block: int) -> np.ndarray:
         zz = z[at:at + 128]
         d += np.abs(zz[:, :, None] - zz[:, None, :]).sum(0)
     d /= max(len(z), 1)
+    grid = np.stack(np.divmod(np.arange(m), block)[::-1], axis=1).astype(np.float64)  # (x, y) of each slot
+    grid = (grid - grid.mean(0)) / grid.std(0)
     best = None
     for k in (4, 6, 8, 10):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             emb = Isomap(n_neighbors=k, n_components=2, metric="precomputed").fit_transform(d)
-        for deg in range(0, 90, 2):
+        u, _, _ = np.linalg.svd(emb - emb.mean(0), full_matrices=False)
+        emb = u * math.sqrt(m)  # whitened: unit variance along both axes, like the grid
+        for deg in range(0, 90, 3):
             th = np.deg2rad(deg)
-            rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
-            arr = _snap(emb @ rot.T, block)
+            arr = _snap(emb @ np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]).T, grid)
             cost = _order_cost(arr, d, block)
             if best is None or cost < best[0]:
                 best = (cost, arr)

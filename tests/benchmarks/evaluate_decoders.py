@@ -417,7 +417,7 @@ def _protects(r: dict) -> list[str]:
         f"right: {jig}; a reassembly shifted by one block has none at its place but its neighbours right: see the "
         f"figure; what it misses, on noisy flat background, is "
         f"this solver's limit, not a measured margin); left in place, the shuffle inside the blocks stops it "
-        f"(neighbour pairs right after it: {jig_full}), but the previous point undoes most of that shuffle;",
+        f"(neighbour pairs right after it: {jig_full}), but the previous point undoes that shuffle;",
         "- **the converted model**: it is key material; the plain weights ship with the package, so the "
         "converted patch embedding and position embeddings give the in-block order and the block order away;",
         "- **the values**: every block keeps its multiset of values and the image its histogram (without flip "
