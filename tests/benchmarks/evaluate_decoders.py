@@ -384,7 +384,8 @@ def _protects(r: dict) -> list[str]:
         "",
         "It protects:",
         "",
-        f"- **what a person sees**: a scrambled slice does not resemble the original (on {ct['image']}: PSNR "
+        f"- **what a person sees at a glance**: a scrambled slice does not resemble the original (on "
+        f"{ct['image']}: PSNR "
         f"{_db(ct['no_key']['scrambled'])} dB, SSIM {ct['no_key']['scrambled']['ssim']:.3f}; unscrambled with a "
         f"wrong key: {_q(ct['wrong_key'])});",
         f"- **what a model without the key gets**: the plain model on scrambled images "
@@ -425,8 +426,10 @@ def _protects(r: dict) -> list[str]:
         "contrast) shows through; there is **no diffusion** (one changed pixel changes one pixel of the "
         "output) and **no integrity** (changes go unnoticed).",
         "",
-        "For confidentiality use `encrypt` (AES-256-GCM): its key and tag carry the security. Use `scramble` where "
-        "a model must run on images whose key holder is trusted and whose senders are not adversaries.",
+        "In short: `scramble` keeps images from being read at a glance and lets a keyed model classify them; "
+        "it does not keep a determined party without the key from the anatomy (ciphertext only: the attacks "
+        "above and the figure), nor anyone who can have images scrambled with the key from every image. For "
+        "confidentiality use `encrypt` (AES-256-GCM): its key and tag carry the security.",
         "",
     ]
 
