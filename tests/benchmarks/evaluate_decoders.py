@@ -659,11 +659,22 @@ def _jsonable(o):
     raise TypeError(f"not JSON: {type(o).__name__}")
 
 
+def _finite(o):
+    """JSON has no inf or nan: they become null."""
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
 def write(results: dict, out: Path, json_path: Path | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(results))
     json_path = json_path or out.with_suffix(".json")
-    json_path.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n")
+    json_path.write_text(json.dumps(_finite(results), indent=2, default=_jsonable, allow_nan=False) + "\n")
 
 
 def main(argv=None) -> int:
