@@ -225,3 +225,17 @@ def test_the_figure_is_drawn_from_a_real_slice(tmp_path):
     name = evaluate_decoders.make_figure(tmp_path / "fig.png")
     assert name == "fig.png"
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_smooth_image_comes_back_exactly_from_its_scrambled_pixels_alone():
+    """The whole ciphertext-only chain: the flip mask by minimum difference over the blocks,
+    the in-block order, the block positions by the jigsaw solver."""
+    from scipy.ndimage import gaussian_filter
+
+    f = gaussian_filter(np.random.default_rng(3).normal(size=(128, 128)), 4)
+    img = toy(np.rint((f - f.min()) / (f.max() - f.min()) * 200 + 20))
+    r = attacks.attack_image(img)
+    assert not r["no_key"]["scrambled"]["identical"] and r["no_key"]["scrambled"]["ssim"] < 0.2
+    assert r["minimum_difference"]["shared_mask_bits_right_pct"] == 100.0
+    assert r["shared_order"]["in_block_positions_right_pct"] == 100.0
+    assert r["shared_order"]["reassembly_vs_plain_best_symmetry"]["identical"]
