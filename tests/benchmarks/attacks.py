@@ -414,8 +414,9 @@ def dihedral(block: int) -> list[np.ndarray]:
     return out
 
 
-def _order_cost(arr: np.ndarray, d: np.ndarray, block: int) -> float:
-    g = arr.reshape(block, block)
+def _order_cost(arr: np.ndarray, d: np.ndarray, shape) -> float:
+    h, w = (shape, shape) if isinstance(shape, int) else shape
+    g = arr.reshape(h, w)
     return float(d[g[:, :-1], g[:, 1:]].sum() + d[g[:-1], g[1:]].sum())
 
 
@@ -431,12 +432,13 @@ def _snap(coords: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _refine(arr: np.ndarray, d: np.ndarray, block: int, passes: int = 4) -> np.ndarray:
+def _refine(arr: np.ndarray, d: np.ndarray, shape, passes: int = 4) -> np.ndarray:
     """Pairwise swaps that lower the arrangement's cost, until none does (or ``passes``)."""
+    h, w = (shape, shape) if isinstance(shape, int) else shape
     arr = arr.copy()
-    n = block * block
-    nbrs = [[(y + dy) * block + x + dx for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))
-             if 0 <= y + dy < block and 0 <= x + dx < block] for y in range(block) for x in range(block)]
+    n = h * w
+    nbrs = [[(y + dy) * w + x + dx for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))
+             if 0 <= y + dy < h and 0 <= x + dx < w] for y in range(h) for x in range(w)]
 
     def local(slot: int, piece: int) -> float:
         return float(sum(d[piece, arr[m]] for m in nbrs[slot]))
@@ -462,38 +464,56 @@ def in_block_order(cipher: np.ndarray, block: int) -> np.ndarray:
     """Recover the in-block order that one key gives every block, from the scrambled image
     alone: over the blocks that are not flat, the mean absolute difference of the
     (block-normalised) values at two in-block positions is smallest for positions that are
-    neighbours in the plain block. Isomap (scikit-learn) lays the positions out in 2-D, the
-    layout is whitened and assigned to the B x B grid at the angle (and Isomap neighbourhood)
-    that makes neighbours cheapest, and pairwise swaps polish it. Returns ``arr``: the cipher in-block position to put at each
-    slot of a block (raster order), right up to one of the block's 8 symmetries."""
-    from sklearn.manifold import Isomap
-
+    neighbours in the plain block (:func:`arrangement`). Returns ``arr``: the cipher
+    in-block position to put at each slot of a block (raster order), right up to one of
+    the block's 8 symmetries."""
     t = blocks.to_blocks(np.asarray(cipher, dtype=np.float64)[None, :, :, None], block)[0]
+    return order_from_tiles(t, block)
+
+
+def order_from_tiles(t: np.ndarray, block: int) -> np.ndarray:
+    """:func:`in_block_order` on blocks (n, B*B) from one image or many under one key."""
     sd = t.std(axis=1)
     z = t[sd > np.percentile(sd, 25)] if len(t) >= 4 else t
+    return arrangement(z, (block, block))
+
+
+def arrangement(samples: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Lay ``samples`` (n, h*w: n observations of h*w shuffled positions) out on an h x w
+    grid so that positions whose (per-observation normalised) values differ least are
+    neighbours: Isomap (scikit-learn) in 2-D, whitened and assigned to the grid
+    (:func:`_snap`) at the angle and Isomap neighbourhood that make neighbours cheapest,
+    polished by pairwise swaps. Returns the position put at each slot, right up to the
+    grid's symmetries."""
+    from sklearn.manifold import Isomap
+
+    h, w = shape
+    m = h * w
+    z = np.asarray(samples, dtype=np.float64)
     z = (z - z.mean(1, keepdims=True)) / (z.std(1, keepdims=True) + 1e-9)
-    m = block * block
     d = np.zeros((m, m))
     for at in range(0, len(z), 128):
         zz = z[at:at + 128]
         d += np.abs(zz[:, :, None] - zz[:, None, :]).sum(0)
     d /= max(len(z), 1)
-    grid = np.stack(np.divmod(np.arange(m), block)[::-1], axis=1).astype(np.float64)  # (x, y) of each slot
+    grid = np.stack(np.divmod(np.arange(m), w)[::-1], axis=1).astype(np.float64)  # (x, y) of each slot
     grid = (grid - grid.mean(0)) / grid.std(0)
     best = None
     for k in (4, 6, 8, 10):
+        if k >= m:
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             emb = Isomap(n_neighbors=k, n_components=2, metric="precomputed").fit_transform(d)
         u, _, _ = np.linalg.svd(emb - emb.mean(0), full_matrices=False)
         emb = u * math.sqrt(m)  # whitened: unit variance along both axes, like the grid
-        for deg in range(0, 90, 3):
+        for deg in range(0, 180 if h != w else 90, 3):
             th = np.deg2rad(deg)
             arr = _snap(emb @ np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]).T, grid)
-            cost = _order_cost(arr, d, block)
+            cost = _order_cost(arr, d, shape)
             if best is None or cost < best[0]:
                 best = (cost, arr)
-    return _refine(best[1], d, block)
+    return _refine(best[1], d, shape)
 
 
 def unshuffle(cipher: np.ndarray, arr: np.ndarray, block: int) -> np.ndarray:
