@@ -565,6 +565,88 @@ def shared_order_attack(c_noflip: np.ndarray, plain: np.ndarray, key: blocks.Blo
     return out
 
 
+# --- many images under one key (the infer route) -------------------------------------------
+
+def pooled_attack(ciphers: np.ndarray, stored: tuple[int, int], block: int) -> np.ndarray:
+    """Ciphertext-only attack on many images scrambled with one key (N, rows, columns): the
+    whole key is shared, so every statistic pools over all of them. The flip mask by the
+    minimum-difference majority over every block of every image; the in-block order by
+    :func:`order_from_tiles` on all their blocks; the block order by the jigsaw solver on
+    edge costs summed over all the images, for each of the 8 orientations the in-block order
+    may have come out in (the cheapest kept). Returns the images recovered, right up to one
+    symmetry of the whole image."""
+    lo, hi = stored
+    c = np.asarray(ciphers, dtype=np.int64)
+    n, rows, columns = c.shape
+    grid = (rows // block, columns // block)
+    judged = np.stack([minimum_difference(x, stored) != x for x in c])[..., None]
+    mask = blocks.to_blocks(judged, block).reshape(-1, block * block).mean(0) > 0.5
+    t = blocks.to_blocks(c[..., None], block)  # (n, blocks, B*B)
+    t[..., mask] = (lo + hi) - t[..., mask]
+    if np.mean(t) > (lo + hi) / 2:  # the polarity: most medical images are mostly dark
+        t = (lo + hi) - t
+    order = order_from_tiles(t.reshape(-1, block * block).astype(np.float64), block)
+    t = t[..., order]
+    best = None
+    for sym in dihedral(block):  # one orientation for every block: the one whose blocks fit best
+        tiles = t[..., sym].reshape(n, -1, block, block).astype(np.float64)
+        # edges of every image side by side: the costs sum over all the images
+        edge = lambda a: a.transpose(1, 0, 2).reshape(a.shape[1], -1)  # noqa: E731  (n, blocks, B) -> (blocks, n*B)
+        lr = _dissimilarity(edge(tiles[:, :, :, 0]), edge(tiles[:, :, :, -1]), edge(tiles[:, :, :, 1]),
+                            edge(tiles[:, :, :, -2]))
+        tb = _dissimilarity(edge(tiles[:, :, 0, :]), edge(tiles[:, :, -1, :]), edge(tiles[:, :, 1, :]),
+                            edge(tiles[:, :, -2, :]))
+        cl, ct = _confidence(lr), _confidence(tb)
+        where = place(cl, ct, grid, merge_clusters(cl, ct, grid))
+        g = where.reshape(grid)
+        cost = float(lr[g[:, :-1], g[:, 1:]].sum() + tb[g[:-1], g[1:]].sum())
+        if best is None or cost < best[0]:
+            best = (cost, tiles[:, where])
+    tiles = best[1].reshape(n, grid[0], grid[1], block, block)
+    return tiles.transpose(0, 1, 3, 2, 4).reshape(n, rows, columns).astype(np.int64)
+
+
+def symmetries(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations / reflections of a stack of square images (N, R, R)."""
+    out = []
+    for k in range(4):
+        r = np.rot90(images, k, axes=(1, 2))
+        out += [r, r.transpose(0, 2, 1)]
+    return out
+
+
+def infer_route_attack(n: int | None = None, flip: bool = True) -> dict:
+    """The pooled attack on the held-out digits scrambled as the ``infer`` route scrambles
+    them (block 4 = the model's patch, one key for all): pixels right and the plain model's
+    accuracy on what the attacker recovers, the whole-image orientation chosen once for all
+    images (as a person would by looking at one)."""
+    import torch  # noqa: F401  (the shipped model)
+
+    from pacsguard.plugins.decoders import runtime, train_vit, vit
+
+    _, _, xte, yte = train_vit.split()
+    if n:
+        xte, yte = xte[:n], yte[:n]
+    model, _ = train_vit.shipped()
+    cfg = model.cfg
+    key = blocks.derive(KEY, rows=cfg.image, columns=cfg.image, samples=1, block=cfg.patch, flip=flip)
+    cipher = blocks.scramble(xte, key)[..., 0]
+    plain = xte[..., 0].astype(np.int64)
+    recovered = pooled_attack(cipher, (0, 255), cfg.patch)
+
+    def accuracy(images) -> float:
+        x = vit.normalize(np.clip(images, 0, 255)[..., None], (0, 255))
+        return round(float((runtime.run(model, x).argmax(1).numpy() == yte).mean()), 4)
+
+    scored = [(float(np.mean(r == plain)), accuracy(r), r) for r in symmetries(recovered)]
+    right, acc, best = max(scored, key=lambda s: (s[1], s[0]))
+    return {"images": int(len(yte)), "block": cfg.patch, "flip": flip,
+            "pixels_right_pct": round(100 * right, 2),
+            "plain_model_on_recovered": acc, "plain_model_on_plain": accuracy(plain),
+            "plain_model_on_scrambled": accuracy(cipher),
+            "recovered_vs_plain_mean_ssim": round(float(np.mean([ssim(p, r) for p, r in zip(plain, best)])), 4)}
+
+
 # --- chosen-plaintext attack -----------------------------------------------------------------
 
 def chosen_plaintexts(shape: tuple[int, int], stored: tuple[int, int]) -> list[np.ndarray]:

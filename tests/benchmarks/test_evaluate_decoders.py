@@ -50,6 +50,7 @@ def test_the_generator_writes_the_report_and_its_json(report):
     assert all("in_block_positions_right_pct" in a["shared_order"] for a in results["attacks"])
     assert "](decoders-evaluation.png)" not in text  # quick runs draw no figure
     assert "](fig.png)" in evaluate_decoders.render({**results, "figure": "fig.png"})
+    assert "### The infer route: many images under one key" in text
     again = json.loads((folder / "decoders-evaluation.json").read_text())
     assert again["infer"]["test_images"] == results["infer"]["test_images"] == 60
 
@@ -84,6 +85,10 @@ def test_the_attack_and_statistics_figures_are_in_range(report):
         assert abs(aes["correlation_horizontal"]) < s["ideal"]["correlation_bound"]
         plain = s["schemes"][f"scramble (block {attacks.BLOCK})"]
         assert plain["entropy_bits"] == s["plain"]["entropy_bits"]  # the same values, moved
+    for x in results["infer_route_attack"]:
+        assert x["block"] == 4 and x["flip"]
+        # the pooled ciphertext-only attack gives the plain model back what scrambling took
+        assert x["plain_model_on_recovered"] > 0.5 > x["plain_model_on_scrambled"]
     tp = results["throughput"]
     assert all(f["ms_p50"] > 0 for f in tp["cpu"].values())
     assert tp["gpu"]["device"] or tp["gpu"]["note"] == "not measured (no GPU lent)"
@@ -225,6 +230,8 @@ def test_the_figure_is_drawn_from_a_real_slice(tmp_path):
     name = evaluate_decoders.make_figure(tmp_path / "fig.png")
     assert name == "fig.png"
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert evaluate_decoders.make_digits_figure(tmp_path / "digits.png") == "digits.png"
+    assert (tmp_path / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_smooth_image_comes_back_exactly_from_its_scrambled_pixels_alone():
