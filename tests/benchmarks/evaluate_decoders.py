@@ -397,7 +397,8 @@ def _protects(r: dict) -> list[str]:
         f"{ct['image']}: PSNR "
         f"{_db(ct['no_key']['scrambled'])} dB, SSIM {ct['no_key']['scrambled']['ssim']:.3f}; unscrambled with a "
         f"wrong key: {_q(ct['wrong_key'])});",
-        f"- **what a model without the key gets**: the plain model on scrambled images "
+        f"- **what a model without the key gets from the pixels as sent** (no attack): the plain model on "
+        f"scrambled images "
         f"{100 * inf['plain_model_scrambled_images']:.1f} %, a model converted with a wrong key "
         f"{100 * inf['wrong_key_model_scrambled_images']:.1f} % (chance 10 %), while the key holder's converted "
         f"model gives the plain model's predictions exactly;",
