@@ -15,8 +15,9 @@ SSIM of scikit-image):
   the variant that uses what the scheme shares: one flip mask for every block, so each
   in-block position takes the majority decision of all blocks;
 - **jigsaw-solver baseline** (:func:`.reassembly.solve_jigsaw`) on block scrambling alone
-  (positions permuted, pixels inside the blocks kept) and on the full scramble output (pixels shuffled inside every block too, flip undone first with the
-  majority minimum-difference attack): fraction of blocks at their right place, of right
+  (positions permuted, pixels inside the blocks kept) and on the full scramble output
+  (pixels shuffled inside every block too, flip undone first with the majority
+  minimum-difference attack): fraction of blocks at their right place, of right
   neighbour pairs, PSNR of the reassembly;
 - **the shared in-block order from the scrambled image alone**: one permutation shuffles the
   pixels of every block, and positions that are neighbours in the plain block hold the most
