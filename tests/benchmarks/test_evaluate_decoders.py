@@ -51,6 +51,10 @@ def test_the_generator_writes_the_report_and_its_json(report):
     assert "](decoders-evaluation.png)" not in text  # quick runs draw no figure
     assert "](fig.png)" in evaluate_decoders.render({**results, "figure": "fig.png"})
     assert "### The infer route: many images under one key" in text
+    if results["neural"]["present"]:  # on a tree with the neural cipher: its own figures, listed
+        assert "Its own evaluation" in text and "| test_images |" in text
+    else:
+        assert "not present" in text
     again = json.loads((folder / "decoders-evaluation.json").read_text())
     assert again["infer"]["test_images"] == results["infer"]["test_images"] == 60
 
@@ -173,7 +177,10 @@ def test_psnr_and_ssim_tell_equal_from_different():
 
 
 def test_the_neural_section_says_not_present_when_the_module_is_missing(monkeypatch):
+    import pacsguard.plugins.decoders as decoders
+
     monkeypatch.setitem(sys.modules, "pacsguard.plugins.decoders.train_neural", None)  # import fails
+    monkeypatch.delattr(decoders, "train_neural", raising=False)  # (once imported, the package holds it)
     n = evaluate_decoders.neural()
     assert n["present"] is False and n["note"].startswith("not present")
     assert "not present" in "\n".join(evaluate_decoders._neural(n))
