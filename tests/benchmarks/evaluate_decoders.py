@@ -287,6 +287,7 @@ def evaluate(quick: bool = False) -> dict:
                                  quick=quick),
         "micro_batching": inference.run(n=64 if quick else 360, batch=32, repeat=1 if quick else 3),
         "neural": neural(),
+        "neural_cipher_statistics": scramble_stats.neural_figures(),
     }
     res["elapsed_s"] = round(time.time() - started, 1)
     return res
@@ -362,6 +363,7 @@ def render(r: dict) -> str:
     lines += _stats(r["cipher_statistics"])
     lines += _throughput(r["throughput"], r["micro_batching"])
     lines += _neural(r["neural"])
+    lines += _neural_stats(r.get("neural_cipher_statistics") or {})
     return "\n".join(lines) + "\n"
 
 
@@ -612,6 +614,32 @@ def _throughput(t: dict, mb: dict) -> list[str]:
     out += ["", "### Inference: micro-batched vs one image at a time (same run)", "",
             inference.table(mb), ""]
     return out
+
+
+def _neural_stats(n: dict) -> list[str]:
+    if not n.get("present"):
+        return []
+    out = ["### Cipher-image statistics: `neural-encrypt` next to `scramble` and AES-256-GCM", "",
+           f"On {n['what']}, {n['images']} images of 32x32 8-bit stacked: entropy of all the cipher values, "
+           "adjacent-pixel correlation averaged over the images, NPCR / UACI (%) over the whole stack, as above "
+           "(AES-256-GCM: one nonce per image; `neural-encrypt`: the evaluation's salts, the key changed).", "",
+           "| scheme | entropy (bits) | correlation h / v / d | NPCR / UACI fresh key | key sensitivity (1 bit) | "
+           "plaintext sensitivity (1 pixel per image) |", "|---|---:|---|---|---|---|"]
+
+    def corr(x):
+        return " / ".join(f"{x[f'correlation_{d}']:.4f}" for d in ("horizontal", "vertical", "diagonal"))
+
+    def pair(x):
+        return f"{x['npcr_pct']:.4f} / {x['uaci_pct']:.4f}"
+
+    out.append(f"| plain | {n['plain']['entropy_bits']:.4f} | {corr(n['plain'])} | | | |")
+    for name, x in n["schemes"].items():
+        out.append(f"| {name} | {x['entropy_bits']:.4f} | {corr(x)} | {pair(x['fresh_key'])} | "
+                   f"{pair(x['key_sensitivity'])} | {pair(x['plaintext_sensitivity'])} |")
+    i = n["ideal"]
+    out.append(f"| ideal | {i['entropy_bits']:.4f} | 0 (\u00b1{i['correlation_bound']}) | {i['npcr_pct']:.4f} "
+               f"(> {i['npcr_critical_pct']:.4f}) / {i['uaci_pct']:.4f} | | |")
+    return out + [""]
 
 
 def _flatten(d, prefix="") -> list[tuple[str, object]]:

@@ -97,6 +97,60 @@ def image_figures(img: attacks.Image) -> dict:
     return res
 
 
+def stack_figures(plain: np.ndarray, encrypt, bits: int = 8) -> dict:
+    """The statistics of a stack of images (N, rows, columns) under ``encrypt(images, key)``:
+    entropy of all cipher values, adjacent-pixel correlations averaged over the images,
+    NPCR / UACI over the whole stack (fresh key, one key bit, one pixel per image)."""
+    key, other = attacks.KEY, hashlib.sha256(b"pacsguard statistics other key").digest()
+    changed = plain.astype(np.int64).copy()
+    y, x = plain.shape[1] // 2, plain.shape[2] // 2
+    changed[:, y, x] = np.where(changed[:, y, x] < 2 ** bits - 1, changed[:, y, x] + 1, changed[:, y, x] - 1)
+    c = encrypt(plain, key)
+    corr = {d: round(float(np.nanmean([cs.correlation(i, d) for i in c])), 5) for d in cs.DIRECTIONS}
+    return {"entropy_bits": round(cs.entropy(c), 4), **{f"correlation_{d}": v for d, v in corr.items()},
+            "fresh_key": cs.compare(c, encrypt(plain, other), bits),
+            "key_sensitivity": cs.compare(c, encrypt(plain, flip_bit(key)), bits),
+            "plaintext_sensitivity": cs.compare(c, encrypt(changed.astype(plain.dtype), key), bits)}
+
+
+def neural_figures() -> dict:
+    """``neural-encrypt`` next to ``scramble`` (block 4, flip) and AES-256-GCM on the neural
+    cipher's own held-out phantoms (32 x 32, 8-bit), when the neural cipher is installed."""
+    try:
+        from pacsguard.plugins.decoders import train_neural as tn
+    except ImportError:
+        return {"present": False, "note": "not present (pacsguard.plugins.decoders.train_neural is not installed)"}
+    plain, _ = tn.test_split()
+    n = len(plain)
+    encoder = tn.shipped("cpu")["encoder"]
+    salts = tn.salts(n, b"evaluation")
+    img = attacks.Image("phantoms", "phantoms", plain[0].astype(np.int64), (0, 255), 8)
+
+    def neural(images, key):
+        return tn.encipher(encoder, images, [key] * n, salts).astype(np.int64)
+
+    def scrambled(images, key):
+        k = blocks_key(key)
+        return np.stack([attacks.scramble(attacks.Image("", "", i.astype(np.int64), (0, 255), 8), k) for i in images])
+
+    def aes(images, key):  # one nonce per image, as the encrypt stage gives every object its own
+        return np.stack([aes_gcm(img, i, key, hashlib.sha256(b"nonce %d" % j).digest()[:12])
+                         for j, i in enumerate(images)])
+
+    def blocks_key(key):
+        from pacsguard.plugins.decoders import blocks
+
+        return blocks.derive(key, rows=32, columns=32, samples=1, block=4, flip=True)
+
+    return {"present": True, "images": n, "what": "the neural cipher's held-out phantoms (train_neural.test_split)",
+            "plain": {"entropy_bits": round(cs.entropy(plain), 4),
+                      **{f"correlation_{d}": round(float(np.nanmean([cs.correlation(i, d) for i in plain])), 5)
+                         for d in cs.DIRECTIONS}},
+            "ideal": cs.ideal(8, plain.size),
+            "schemes": {"neural-encrypt": stack_figures(plain, neural), "scramble (block 4, flip)":
+                        stack_figures(plain, scrambled), "AES-256-GCM": stack_figures(plain, aes)}}
+
+
 def run(images: list[attacks.Image] | None = None) -> list[dict]:
     images = attacks.load_images() if images is None else images
     extra = [windowed_8bit(i) for i in images if i.name == "693_UNCI.dcm"]

@@ -53,6 +53,9 @@ def test_the_generator_writes_the_report_and_its_json(report):
     assert "### The infer route: many images under one key" in text
     if results["neural"]["present"]:  # on a tree with the neural cipher: its own figures, listed
         assert "Its own evaluation" in text and "| test_images |" in text
+        st = results["neural_cipher_statistics"]["schemes"]
+        assert abs(st["AES-256-GCM"]["fresh_key"]["npcr_pct"] - 99.609) < 0.1  # the 8-bit ideal
+        assert "| neural-encrypt |" in text
     else:
         assert "not present" in text
     again = json.loads((folder / "decoders-evaluation.json").read_text())
