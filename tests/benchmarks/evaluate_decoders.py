@@ -10,12 +10,17 @@ Writes ``docs/decoders-evaluation.md`` and its figures as JSON (default: beside 
    images, prediction by prediction (agreements counted); the plain model on the scrambled
    images and a model converted with a wrong key, which must collapse; and the float64
    model-level figures of ``train_vit.evaluate``;
-2. the attacks on ``scramble`` (:mod:`.attacks`);
-3. cipher-image statistics of ``scramble`` next to AES-256-GCM's (:mod:`.scramble_stats`);
+2. the attacks on ``scramble`` (:mod:`.attacks`), on single slices and on the ``infer``
+   route's images pooled under one key;
+3. cipher-image statistics of ``scramble`` next to AES-256-GCM's (:mod:`.scramble_stats`),
+   and of ``neural-encrypt`` next to both where the neural cipher is installed;
 4. throughput per image of ``scramble``, ``unscramble`` and ``infer`` on the CPU (and on a
    GPU when torch sees one), and ``infer`` micro-batched vs one at a time (:mod:`.inference`);
 5. the neural cipher's own evaluation, when ``pacsguard.plugins.decoders.train_neural``
-   provides ``evaluate(device="cpu")``.
+   provides ``evaluate(device="cpu")`` ("not present" otherwise).
+
+Beside the report it draws two figures (``decoders-evaluation.png``, ``-digits.png``) of what
+the attacks recover without the key.
 
 ``--quick`` (the tests): a slice of the held-out split, the small images only, few
 timing samples; its figures are not the report's.
