@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import contenders as contenders_mod
 from . import corpus as corpus_mod
-from . import crypto, report, runner
+from . import crypto, inference, report, runner
 from . import stages as stages_mod
 from .common import RESULTS_DIR, log, median, peers
 from .keys import RECIPIENT_TYPES, key_store, make_keys
@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage-n", type=int, help="CT slices per stage micro-benchmark (default 30)")
     p.add_argument("--no-crypto", action="store_true",
                    help="skip the encryption micro-benchmarks and the cipher-image statistics")
+    p.add_argument("--no-inference", action="store_true",
+                   help="skip the inference benchmark (micro-batched vs one at a time, ~15 s; needs pacsguard[gpu])")
     p.add_argument("--crypto-samples", type=int, help="encryptions timed per slice kind (default 300)")
     p.add_argument("--recipient", choices=RECIPIENT_TYPES, default="x25519",
                    help="key type of the encryption route's one recipient and of the per-slice timing "
@@ -408,6 +410,8 @@ def main(argv=None) -> int:
             except Exception as exc:
                 log(f"encryption micro-benchmarks failed: {exc}")
                 results["encryption"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if not args.no_inference:
+            results["inference"] = inference.harness_run(quick=args.quick)
         results["goals"] = goals(results, memory)
     finally:
         results["machine"]["loadavg_end"] = list(os.getloadavg())

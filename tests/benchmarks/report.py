@@ -173,6 +173,10 @@ def table(res: dict) -> str:
         lines.extend(report_crypto.encryption_lines(res["encryption"]))
     if res.get("cipher_stats"):
         lines.extend(report_crypto.cipher_lines(res["cipher_stats"]))
+    if res.get("inference"):
+        from .inference import report_lines
+
+        lines.extend(report_lines(res["inference"]))
     gl = res.get("goals")
     if gl:
         add("")

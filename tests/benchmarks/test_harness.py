@@ -146,6 +146,17 @@ def test_cipher_statistics(quick_run):
             assert abs(c[f"correlation_{d}"]) < 0.02 and s["plain"][f"correlation_{d}"] > 0.5
 
 
+def test_inference_benchmark(quick_run):
+    """Micro-batched vs one at a time (tests/benchmarks/inference.py), or why it was skipped."""
+    proc, r, _ = quick_run
+    inf = r["inference"]
+    assert inf["status"] in ("ok", "skipped"), inf
+    assert "INFERENCE" in proc.stdout
+    if inf["status"] == "ok":
+        for level in ("stage", "pipeline"):
+            assert _positive(inf[level]["one_at_a_time_images_per_s"]) and _positive(inf[level]["batched_images_per_s"])
+
+
 def test_goals(quick_run):
     _, r, _ = quick_run
     goals = r["goals"]
