@@ -116,7 +116,16 @@ def scramble(a: np.ndarray, key: BlockKey, stored: tuple[int, int] = (0, 255)) -
 
 def unscramble(a: np.ndarray, key: BlockKey, stored: tuple[int, int] = (0, 255)) -> np.ndarray:
     """The exact inverse of :func:`scramble` with the same key."""
-    b = to_blocks(a, key.block)
+    b = np.ascontiguousarray(to_blocks(a, key.block))  # (one copy: the flip's masked reads are slow on a view)
     if key.flip is not None:
         b = _negpos(b, key, stored)
-    return from_blocks(_permute(b, np.argsort(_index(key))), key)
+    return from_blocks(_permute(b, _inverse_index(key)), key)
+
+
+def _inverse_index(key: BlockKey) -> np.ndarray:
+    """The inverse of :func:`_index` (what ``np.argsort(_index(key))`` gives) from the
+    inverses of its two small permutations: forward, value q of block j comes from value
+    pi[q] of block sigma[j]; so position (x, y) goes back to (sigma^-1[x], pi^-1[y])."""
+    m = key.pi.size
+    inv_sigma, inv_pi = np.argsort(key.sigma), np.argsort(key.pi)
+    return (inv_sigma[:, None] * m + inv_pi[None, :]).ravel()

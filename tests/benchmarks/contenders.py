@@ -55,6 +55,9 @@ STAGE_OPTION_CANDIDATES: dict[str, list[dict]] = {
     "decrypt": [{"scope": "pixels", "key": "{recipient}"}],
     "scramble": [{}, {"key": "{secret}"}, {"block_size": 16, "key": "{secret}"}],
     "unscramble": [{}, {"key": "{secret}"}, {"block_size": 16, "key": "{secret}"}],
+    # experimental, 32 x 32 8-bit only: the CT slices are refused (the count says so)
+    "neural-encrypt": [{"key": "{secret}", "device": "cpu"}],
+    "neural-restore": [{"key": "{secret}", "device": "cpu"}],
 }
 
 

@@ -32,7 +32,7 @@ WATCHED: dict[str, tuple[str, ...]] = {
     "decrypt": ("encrypt",),
     "scramble": (),
     "unscramble": ("scramble",),
-    "inference": (),
+    "infer": (),
 }
 #: inverse stages read what their forward stage wrote: the item is written and re-read in between
 INVERSES = {"reveal": "embed", "decrypt": "encrypt", "unscramble": "scramble"}
