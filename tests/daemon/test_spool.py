@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -38,7 +39,9 @@ def drop(tmp_path: Path, src: Path = CT) -> Path:
     return p
 
 
-def ingest(spool: Spool, tmp_path: Path, src: Path = CT, facts: TransportFacts = FACTS) -> int:
+def ingest(spool: Spool, tmp_path: Path, src: Path = CT, facts: TransportFacts | None = None) -> int:
+    """A job received now (FACTS' own received_at is the time this module was imported)."""
+    facts = facts or dataclasses.replace(FACTS, received_at=time.time())
     return spool.ingest_file(drop(tmp_path, src), facts)
 
 
