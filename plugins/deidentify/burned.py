@@ -17,6 +17,7 @@ the decoded pixels on. Burned In Annotation is then NO.
 
 from __future__ import annotations
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
@@ -47,20 +48,39 @@ def _values(v) -> list[str]:
     return [str(x).strip().upper() for x in (v if isinstance(v, (list, MultiValue)) else [v])]
 
 
+_BURNED_IN, SOP_CLASS, MODALITY, _CONVERSION_TYPE, _IMAGE_TYPE = (0x00280301, 0x00080016, 0x00080060,
+                                                                   0x00080064, 0x00080008)
+
+
+def get(ds: Dataset, tag: int, default):
+    """``ds.get(keyword, default)`` by tag, for the CS and UI attributes read here: an
+    unconverted ASCII value is read from its bytes (a list when it has several values,
+    trailing padding dropped), not converted (and the original is left as read)."""
+    raw = ds._dict.get(tag)
+    if raw is None:
+        return default
+    value = getattr(raw, "value", None)
+    if isinstance(raw, RawDataElement) and isinstance(value, bytes) and value.isascii():
+        text = value.decode("ascii")
+        parts = [v.rstrip("\0 ") for v in text.split("\\")]
+        return parts if len(parts) > 1 else parts[0]
+    return ds[tag].value
+
+
 def risk(ds: Dataset) -> str | None:
     """Why ``ds`` likely carries burned-in identity (in words, no values), or None."""
     if _PIXELS not in ds:
         return None
-    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+    if str(get(ds, _BURNED_IN, "")).strip().upper() == "YES":
         return "Burned In Annotation is YES"
-    sop = str(ds.get("SOPClassUID", "")).strip()
-    if sop in _ULTRASOUND or str(ds.get("Modality", "")).strip().upper() == "US":
+    sop = str(get(ds, SOP_CLASS, "")).strip()
+    if sop in _ULTRASOUND or str(get(ds, MODALITY, "")).strip().upper() == "US":
         return "ultrasound images usually carry burned-in text"
     if sop in _SECONDARY_CAPTURE:
         return f"{_SECONDARY_CAPTURE[sop]} images (screen captures, dose reports) usually carry burned-in text"
-    if str(ds.get("ConversionType", "")).strip().upper() == "WSD":
+    if str(get(ds, _CONVERSION_TYPE, "")).strip().upper() == "WSD":
         return "a workstation screen capture (Conversion Type WSD)"
-    if _CAPTURE_IMAGE_TYPES & set(_values(ds.get("ImageType"))):
+    if _CAPTURE_IMAGE_TYPES & set(_values(get(ds, _IMAGE_TYPE, None))):
         return "its Image Type marks a screen capture or dose report"
     return None
 

@@ -18,12 +18,16 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
+
+from .walker import new_element
 
 #: stage option -> CID 7050 keyword in pydicom's DCM codes, in the order written
 OPTION_CODES = (
@@ -44,16 +48,26 @@ BASIC = "BasicApplicationConfidentialityProfile"
 METHOD_TEXT = "pacsguard deidentify: PS3.15 Basic Profile"
 
 
+_CODE_VALUE, _SCHEME, _MEANING = 0x00080100, 0x00080102, 0x00080104
+_METHOD, _METHOD_CODES = 0x00120063, 0x00120064
+
+
+@lru_cache(maxsize=None)
+def _code(keyword: str) -> tuple[str, str, str]:
+    c = getattr(codes.DCM, keyword)
+    return c.value, c.scheme_designator, c.meaning
+
+
 def code(keyword: str):
     return getattr(codes.DCM, keyword)
 
 
 def _item(keyword: str) -> Dataset:
-    c = code(keyword)
+    value, scheme, meaning = _code(keyword)
     item = Dataset()
-    item.CodeValue = c.value
-    item.CodingSchemeDesignator = c.scheme_designator
-    item.CodeMeaning = c.meaning
+    for tag, vr, v in ((_CODE_VALUE, "SH", value), (_SCHEME, "SH", scheme), (_MEANING, "LO", meaning)):
+        e = new_element(tag, vr, v)
+        item._dict[e.tag] = e  # new elements in a new item: nothing for __setitem__ to do
     return item
 
 
@@ -61,19 +75,25 @@ def values(ds: Dataset, used: list[str], dates: str) -> list[tuple[str, object]]
     """The method attributes (:data:`MARKED`, in order) for the options ``used``."""
     keywords = [BASIC] + [kw for option, kw in OPTION_CODES if option in used]
     prior_text = []
-    if "DeidentificationMethod" in ds:
-        value = ds["DeidentificationMethod"].value
+    if _METHOD in ds:
+        value = ds[_METHOD].value
         prior_text = [str(v) for v in (value if isinstance(value, (list, MultiValue)) else [value]) if v]
-    texts = [METHOD_TEXT] + [code(kw).meaning for kw in keywords[1:]]
-    prior = list(ds.get("DeidentificationMethodCodeSequence") or [])
+    texts = [METHOD_TEXT] + [_code(kw)[2] for kw in keywords[1:]]
+    prior = list(ds[_METHOD_CODES].value or []) if _METHOD_CODES in ds else []
     have = {(i.get("CodeValue"), i.get("CodingSchemeDesignator")) for i in prior}
-    items = prior + [_item(kw) for kw in keywords if (code(kw).value, "DCM") not in have]
+    items = prior + [_item(kw) for kw in keywords if (_code(kw)[0], "DCM") not in have]
     text = [t for t in prior_text if t not in texts] + texts
     return [("PatientIdentityRemoved", "YES"), ("DeidentificationMethod", text if len(text) > 1 else text[0]),
             ("DeidentificationMethodCodeSequence", Sequence(items)),
             ("LongitudinalTemporalInformationModified", dates)]
 
 
-def element(keyword: str, value) -> DataElement:
+@lru_cache(maxsize=None)
+def _tag_vr(keyword: str) -> tuple[int, str]:
     tag = tag_for_keyword(keyword)
-    return DataElement(tag, dictionary_VR(tag), value)
+    return tag, dictionary_VR(tag)
+
+
+def element(keyword: str, value) -> DataElement:
+    tag, vr = _tag_vr(keyword)
+    return new_element(tag, vr, value)

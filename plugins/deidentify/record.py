@@ -21,7 +21,7 @@ attributes, embed) protect it for the key holder, who gets the header back with
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 GROUP = 0x0011
 CREATOR = "PACSGUARD DEIDENTIFY 1"
@@ -35,7 +35,7 @@ def new_record(ds: Dataset, originals: dict) -> Dataset:
     elements = dict(originals)
     if _CHARSET in ds:
         elements[_CHARSET] = ds[_CHARSET]
-    return Dataset({Tag(t): e for t, e in sorted(elements.items())})
+    return Dataset({t if type(t) is BaseTag else Tag(t): e for t, e in sorted(elements.items())})
 
 
 def _block(record: Dataset) -> int:
@@ -54,24 +54,45 @@ def _block(record: Dataset) -> int:
         elif element >= 0x1000:
             used.add(element >> 8)
     free = next(b for b in range(0x10, 0x100) if b not in used)
-    record.add_new(GROUP << 16 | free, "LO", CREATOR)
+    _add(record, GROUP << 16 | free, "LO", CREATOR)
     base = GROUP << 16 | free << 8
-    record.add_new(base | _SCHEME, "LO", SCHEME)
+    _add(record, base | _SCHEME, "LO", SCHEME)
     return base
 
 
 def note_media_uid(record: Dataset, uid: str) -> None:
     """Keep the file meta's original Media Storage SOP Instance UID (replaced by the stage)."""
-    record.add_new(_block(record) | _MEDIA_UID, "UI", uid)
+    note(record, uid, [])
 
 
 def note_added(record: Dataset, tags: list[int]) -> None:
     """Mark ``tags`` as added by the stage (absent from the original)."""
-    if not tags:
+    note(record, None, tags)
+
+
+def note(record: Dataset, media_uid: str | None, tags: list[int]) -> None:
+    """:func:`note_media_uid` and :func:`note_added` at once (the marker block found once)."""
+    if media_uid is None and not tags:
         return
-    tag = _block(record) | _ADDED
-    prior = list(_as_list(record[tag].value)) if tag in record else []
-    record.add_new(tag, "AT", sorted({int(t) for t in prior} | {int(t) for t in tags}))
+    base = _block(record)
+    if media_uid is not None:
+        _add(record, base | _MEDIA_UID, "UI", media_uid)
+    if tags:
+        tag = base | _ADDED
+        prior = list(_as_list(record[tag].value)) if tag in record else []
+        _add(record, tag, "AT", sorted({int(t) for t in prior} | {int(t) for t in tags}))
+
+
+def _add(record: Dataset, tag: int, vr: str, value) -> None:
+    """``record.add_new`` of an element of the marker block (its creator, in group 0011,
+    reserved by :func:`_block`), the value not validated (the stage's own: a creator, a
+    UID, tags)."""
+    from .walker import new_element
+
+    element = new_element(tag, vr, value)
+    if tag & 0xFF00:
+        element.private_creator = CREATOR
+    record._dict[element.tag] = element
 
 
 def _as_list(v) -> list:

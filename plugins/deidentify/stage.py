@@ -26,6 +26,7 @@ from .walker import Run
 _SECRET = frozenset({"secret"})
 #: VL Photographic, Video Photographic Image Storage: photographs, possibly of a face
 VISUAL_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.4.1"})
+_PIXEL_DATA = 0x7FE00010
 _SAFE_PRIVATE = re.compile(r"^([0-9A-Fa-f]{4}),[xX]{2}([0-9A-Fa-f]{2})$")
 
 
@@ -185,10 +186,10 @@ class Deidentify(Stage):
 
     def may_show_face(self, ds: Dataset) -> str | None:
         """Why the pixels of ``ds`` may show recognizable visual features, or None."""
-        sop_class = str(ds.get("SOPClassUID", "") or "").strip("\0 ")
+        sop_class = str(burned.get(ds, burned.SOP_CLASS, "") or "").strip("\0 ")
         if sop_class in VISUAL_SOP_CLASSES or sop_class in self.options.visual_features_sop_classes:
             return f"SOP Class {sop_class}"
-        if str(ds.get("Modality", "") or "").strip().upper() == "XC":
+        if str(burned.get(ds, burned.MODALITY, "") or "").strip().upper() == "XC":
             return "modality XC (external camera photography)"
         return None
 
@@ -202,7 +203,7 @@ class Deidentify(Stage):
         """De-identify ``ds`` in place; return the record of original values.
         ``pixels()`` gives the decoded pixels when a Clean Pixel Data rule applies."""
         why = burned.risk(ds)
-        rule = self.rule_for(ds) if "PixelData" in ds else None
+        rule = self.rule_for(ds) if _PIXEL_DATA in ds._dict else None
         if why and rule is None and self.options.burned_in != "allow":
             raise QuarantineError(f"burned-in identity likely ({why}) and no clean_pixel_data rule matches it "
                                   "(burned_in: allow on the route passes such objects)")
@@ -212,8 +213,6 @@ class Deidentify(Stage):
                                   "are cleaned, or allow)")
         originals, media_uid = Run(self.profile, keyed, self.settings, ds).top_level(ds)
         rec = record.new_record(ds, originals)
-        if media_uid is not None:
-            record.note_media_uid(rec, media_uid)
         used = sorted(self.enabled)
         if self.options.visual_features == "cleaned":
             used.append("clean_recognizable_visual_features")
@@ -226,7 +225,7 @@ class Deidentify(Stage):
                  else "UNMODIFIED" if self.options.retain_longitudinal_full_dates else "REMOVED")
         for keyword, value in method.values(ds, used, dates):
             self._set(ds, rec, added, method.element(keyword, value))
-        record.note_added(rec, added)
+        record.note(rec, media_uid, added)
         return rec
 
     @staticmethod

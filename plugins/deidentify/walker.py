@@ -13,11 +13,15 @@ attribute's tag, never its value.
 
 from __future__ import annotations
 
+from pydicom import config as _pydicom_config
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag, repeater_has_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
 from pacsguard.daemon.errors import QuarantineError
 
@@ -40,6 +44,33 @@ IDENTIFYING = (
     "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "IssuerOfPatientID",
 )
 _IDENTIFYING_TAGS = tuple(tag_for_keyword(k) for k in IDENTIFYING)
+
+
+_NO_VALIDATION = _pydicom_config.IGNORE
+
+
+#: VRs whose single string value pydicom keeps as the str itself (DA, DT, TM too unless
+#: ``config.datetime_conversion``)
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
+_DATETIME_VRS = frozenset({"DA", "DT", "TM"})
+
+
+def new_element(tag: int, vr: str, value) -> DataElement:
+    """A replacement element: its value of the type pydicom's conversion gives (UID,
+    PersonName, MultiValue, ...), not validated (the stage's own values: keyed UIDs,
+    dummies, empties, masked text of the original's length)."""
+    tag = tag if type(tag) is BaseTag else BaseTag(tag)
+    if type(value) is str and "\\" not in value:  # a single value, converted here (pydicom's rules)
+        if vr in _PLAIN_VRS or vr in _DATETIME_VRS and not _pydicom_config.datetime_conversion:
+            converted = value
+        elif vr == "UI":
+            converted = UID(value, _NO_VALIDATION)
+        elif vr == "PN":
+            converted = PersonName(value, validation_mode=_NO_VALIDATION)
+        else:
+            return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
+        return DataElement(tag, vr, converted, already_converted=True, validation_mode=_NO_VALIDATION)
+    return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
 
 
 def tag_text(tag: int) -> str:
@@ -72,6 +103,7 @@ def _strings(value) -> list[str]:
     return [str(value)]
 
 
+_ID_TEXT_VRS = frozenset({None, "UN", "LO", "PN"})  # Patient ID (LO), Patient's Name (PN) read raw
 _SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8}
 
 
@@ -97,8 +129,18 @@ def _changed_copy(item: Dataset, changes: dict) -> Dataset:
     new._pixel_array_opts = dict(item._pixel_array_opts)
     for tag, out in changes.items():
         if out is not REMOVE:
-            new[tag] = out
+            _put(new, tag, out)
     return new
+
+
+def _put(ds: Dataset, tag: BaseTag, new: DataElement) -> None:
+    """``ds[tag] = new`` for a replacement of an element of ``ds``: what pydicom's
+    ``__setitem__`` adds (private creators, pixel caches, nested sequences' pixel
+    representation) concerns only private, pixel and sequence elements, which go through it."""
+    if new.VR == "SQ" or tag >> 16 & 1 or tag >> 16 == _PIXEL_GROUP:
+        ds[tag] = new
+    else:
+        ds._dict[tag] = new
 
 
 def _same_raw(raw: RawDataElement, new: DataElement) -> bool:
@@ -142,8 +184,13 @@ class Run:
         return "name:" + name.strip() if name.strip() else ""
 
     def _text(self, ds: Dataset, tag: int) -> str:
-        if tag not in ds:
+        raw = ds._dict.get(tag)
+        if raw is None:
             return ""
+        value = getattr(raw, "value", None)
+        if isinstance(raw, RawDataElement) and raw.VR in _ID_TEXT_VRS and isinstance(value, bytes) \
+                and value.isascii() and b"\\" not in value:
+            return value.decode("ascii").rstrip(" \0")  # as pydicom's conversion gives it, without converting
         value = self.convert(ds, tag).value
         return "\\".join(_strings(value))
 
@@ -203,12 +250,12 @@ class Run:
             if _raw_is_safe(raw):  # recorded unconverted (a PN's conversion alone costs more than its change)
                 if not _same_raw(raw, out):
                     originals[tag] = raw
-                    ds[tag] = out
+                    _put(ds, tag, out)
                 continue
             original = self._original(ds, tag, out)
             if not _same(original, out):
                 originals[tag] = original
-                ds[tag] = out
+                _put(ds, tag, out)
         for tag in removed:  # after the walk: a private element is read with its creator in place
             del ds[tag]
         if not ds.original_encoding[0]:
@@ -254,10 +301,11 @@ class Run:
                 return REMOVE  # the overlay plane goes whole: its other elements need the data
             action = {0x3000: self.profile.overlay_data, 0x4000: self.profile.overlay_comments}.get(number)
             return self._graphic(ds, tag, action) if action else KEEP
-        action = (self.nested if depth else self.actions).get(tag)
+        key = int(tag)  # plain int keys: a BaseTag compares in Python, an int in C
+        action = (self.nested if depth else self.actions).get(key)
         if action is not None:
             return self.apply(ds, tag, action, depth, mode)
-        if tag not in DicomDictionary and not repeater_has_tag(tag):
+        if key not in DicomDictionary and not repeater_has_tag(key):
             return REMOVE  # not a standard attribute pydicom knows: nothing says it is safe
         vr = self._vr(ds, tag)
         if vr == "SQ":
@@ -290,20 +338,20 @@ class Run:
             return self._uid(ds, tag, vr)
         if action == "Z":
             if vr == "SQ":
-                return DataElement(tag, "SQ", Sequence())
-            return DataElement(tag, vr, empty_value_for_VR(vr))
+                return new_element(tag, "SQ", Sequence())
+            return new_element(tag, vr, empty_value_for_VR(vr))
         if action == "D":
             if vr == "SQ":
                 return self.sequence(ds, tag, depth, DUMMY)
             if vr == "UI":
                 return self._uid(ds, tag, vr)
-            return DataElement(tag, vr, values.dummy(vr))
+            return new_element(tag, vr, values.dummy(vr))
         if action == "P":
             identity = None
             if depth:  # a nested patient: its own identity
                 identity = self._identity(ds) if (_PATIENT_ID in ds or _PATIENT_NAME in ds) else None
             name = self.pseudonym(identity)
-            return DataElement(tag, vr, name) if name else DataElement(tag, vr, empty_value_for_VR(vr))
+            return new_element(tag, vr, name) if name else new_element(tag, vr, empty_value_for_VR(vr))
         if action == "C":
             return self._clean(ds, tag, vr, depth, mode)
         raise AssertionError(f"unknown action {action!r}")
@@ -317,7 +365,7 @@ class Run:
         if not uids:
             return KEEP  # empty: nothing to replace
         new = [self.keyed.uid(u) for u in uids]
-        return DataElement(tag, "UI", new if len(new) > 1 else new[0])
+        return new_element(tag, "UI", new if len(new) > 1 else new[0])
 
     def _clean(self, ds: Dataset, tag: int, vr: str, depth: int, mode: int):
         if vr == "SQ":
@@ -332,11 +380,11 @@ class Run:
                 raise QuarantineError(f"{tag_text(tag)}: not a valid {vr} value, so its date cannot be shifted")
             if new == old:
                 return KEEP
-            return DataElement(tag, vr, new if len(new) > 1 else (new[0] if new else ""))
+            return new_element(tag, vr, new if len(new) > 1 else (new[0] if new else ""))
         if vr == "AE":
             old = _strings(self.convert(ds, tag).value)
             new = [self.keyed.ae_title(v) if v.strip() else v for v in old]
-            return DataElement(tag, vr, new if len(new) > 1 else (new[0] if new else ""))
+            return new_element(tag, vr, new if len(new) > 1 else (new[0] if new else ""))
         if vr in values.TEXT_VRS:
             element = self.convert(ds, tag)
             old = _strings(element.value)
@@ -344,7 +392,7 @@ class Run:
             if new == old:
                 return KEEP
             value = new if len(new) > 1 else new[0]
-            return DataElement(tag, vr, value)
+            return new_element(tag, vr, value)
         fallback = self.profile.fallback.get(tag, "X")
         return self.apply(ds, tag, fallback, depth, mode) if fallback != "C" else REMOVE
 
