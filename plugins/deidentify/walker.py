@@ -237,7 +237,10 @@ class Run:
         their creators and character set beside them) and the file meta's original Media
         Storage SOP Instance UID if the stage replaced it."""
         originals, removed = {}, []
-        for tag in list(ds.keys()):
+        kept = self._kept(self.actions)
+        for tag in list(ds._dict):
+            if kept(tag, ds._dict[tag]):
+                continue
             out = self.element(ds, tag, 0, NORMAL)
             if out is KEEP:
                 continue
@@ -288,6 +291,24 @@ class Run:
             element.VR = "UN"  # pydicom's constructor puts the dictionary VR back
             return element
 
+    @staticmethod
+    def _kept(actions: dict):
+        """A quick test for the common case, in NORMAL mode, that :meth:`element` answers
+        KEEP without reading anything: a standard, non-private, non-sequence attribute
+        with an explicit VR and no action in the profile (the others: ``element``)."""
+        get = actions.get
+
+        def kept(tag, raw) -> bool:
+            group = tag >> 16
+            if group & 1 or group == _PIXEL_GROUP or not tag & 0xFFFF or 0x5000 <= group <= 0x601E:
+                return False  # private, pixel data, group length, curves, overlays: element() decides
+            key = int(tag)
+            if get(key) is not None or key not in DicomDictionary:
+                return False
+            vr = raw.VR
+            return vr is not None and vr != "SQ" and vr != "UN" and " or " not in vr
+        return kept
+
     def element(self, ds: Dataset, tag: int, depth: int, mode: int):
         group, number = tag >> 16, tag & 0xFFFF
         if group & 1:
@@ -337,6 +358,9 @@ class Run:
                 return self.sequence(ds, tag, depth, mode)
             return self._uid(ds, tag, vr)
         if action == "Z":
+            raw = ds._dict.get(tag)
+            if _raw_is_safe(raw) and raw.VR == vr and not raw.value.strip(b" \0"):
+                return KEEP  # already empty (padding only): nothing to change, nothing to record
             if vr == "SQ":
                 return new_element(tag, "SQ", Sequence())
             return new_element(tag, vr, empty_value_for_VR(vr))
@@ -421,7 +445,10 @@ class Run:
 
     def item(self, item: Dataset, depth: int, mode: int) -> Dataset | None:
         changes = {}
-        for tag in list(item.keys()):
+        kept = self._kept(self.nested) if mode == NORMAL else None
+        for tag in list(item._dict):
+            if kept is not None and kept(tag, item._dict[tag]):
+                continue
             out = self.element(item, tag, depth, mode)
             if out is KEEP:
                 continue

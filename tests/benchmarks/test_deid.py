@@ -53,10 +53,13 @@ def test_the_peers_run_on_two_bundled_files():
     tools = deid.tools()
     images = [im for im in deid.corpus() if im[0] in ("CT_small.dcm", "MR_small.dcm")]
     assert len(images) == 2
-    times, quarantined, failed, n = deid.time_images(tools, images, repeat=1)
+    times, quarantined, failed, n, per_image = deid.time_images(tools, images, repeat=2)
     assert n == 2 and not quarantined and not failed
     for t in tools:
         assert len(times[t.name]) == 2 and all(x > 0 for x in times[t.name])
+    assert [sorted(b) for b in per_image] == [sorted(t.name for t in tools)] * 2
+    ratios = deid.same_image_ratios(per_image, tools)
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
     ds = copy.deepcopy(images[0][1])
     for t in tools[1:]:
         out = t(copy.deepcopy(ds))
