@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from io import BytesIO
 
+from pydicom import config
 from pydicom.datadict import add_private_dict_entries
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, PrivateBlock
 from pydicom.filereader import read_dataset
 
@@ -125,10 +127,20 @@ def as_list(v) -> list:
 
 
 def write_recipients(block, wrapped: list[Wrapped]) -> None:
-    block.add_new(KEY_IDS, "LO", [w.key_id for w in wrapped])
-    block.add_new(METHODS, "LO", [w.method for w in wrapped])
-    block.add_new(WRAP_LENGTHS, "UL", [len(w.data) for w in wrapped])
-    block.add_new(WRAPPED, "OB", b"".join(w.data for w in wrapped))
+    put(block, KEY_IDS, "LO", [w.key_id for w in wrapped])
+    put(block, METHODS, "LO", [w.method for w in wrapped])
+    put(block, WRAP_LENGTHS, "UL", [len(w.data) for w in wrapped])
+    put(block, WRAPPED, "OB", b"".join(w.data for w in wrapped))
+
+
+def put(block: PrivateBlock, offset: int, vr: str, value) -> None:
+    """``block.add_new(offset, vr, value)`` for the stage's own values (nonces, tags, key
+    IDs, lengths, sealed bytes): not validated by pydicom, and put into the data set
+    directly (the creator is known: no search of the data set for it)."""
+    tag = block.get_tag(offset)
+    element = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    element.private_creator = CREATOR
+    block.dataset._dict[tag] = element
 
 
 def key_ids(block) -> list[str]:

@@ -63,19 +63,34 @@ def transfer_syntax(ds: Dataset) -> UID:
     return UID(ts)
 
 
+_SOP_INSTANCE, _ROWS, _COLUMNS, _SAMPLES, _FRAMES = 0x00080018, 0x00280010, 0x00280011, 0x00280002, 0x00280008
+_BITS_ALLOCATED, _BITS_STORED, _PIXEL_REPRESENTATION = 0x00280100, 0x00280101, 0x00280103
+_MISSING = object()
+
+
+def _get(ds: Dataset, tag: int, default=_MISSING):
+    """``ds.get(keyword, default)`` by tag (no keyword lookup); KeyError without a default."""
+    if tag in ds._dict:
+        return ds[tag].value
+    if default is _MISSING:
+        raise KeyError(tag)
+    return default
+
+
 def _context(ds: Dataset, ts: str, length: int, chunk_size: int) -> bytes:
-    sop = ds.get("SOPInstanceUID")
+    sop = _get(ds, _SOP_INSTANCE, None)
     if not sop:
         raise QuarantineError("no SOP Instance UID to bind the encryption to")
     try:
+        bits = int(_get(ds, _BITS_ALLOCATED))
         fields = {
-            "scheme": SCHEME, "sop": str(sop), "rows": int(ds.Rows), "columns": int(ds.Columns),
-            "samples": int(ds.get("SamplesPerPixel", 1)), "frames": int(ds.get("NumberOfFrames", 1) or 1),
-            "bits_allocated": int(ds.BitsAllocated), "bits_stored": int(ds.get("BitsStored") or ds.BitsAllocated),
-            "pixel_representation": int(ds.get("PixelRepresentation", 0)),
+            "scheme": SCHEME, "sop": str(sop), "rows": int(_get(ds, _ROWS)), "columns": int(_get(ds, _COLUMNS)),
+            "samples": int(_get(ds, _SAMPLES, 1)), "frames": int(_get(ds, _FRAMES, 1) or 1),
+            "bits_allocated": bits, "bits_stored": int(_get(ds, _BITS_STORED, None) or bits),
+            "pixel_representation": int(_get(ds, _PIXEL_REPRESENTATION, 0)),
             "transfer_syntax": str(ts), "length": length, "chunk_size": chunk_size,
         }
-    except (AttributeError, TypeError, ValueError):
+    except (KeyError, AttributeError, TypeError, ValueError):
         raise QuarantineError("cannot read the image geometry (Rows, Columns, Bits Allocated, Number of Frames)") from None
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
@@ -161,14 +176,14 @@ def encrypt(ds: Dataset, recipients, decode, chunk_size: int = aead.DEFAULT_CHUN
         elem.VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
     _mark(ds, ids)
     b = block.create(ds)
-    b.add_new(block.SCHEME, "LO", SCHEME)
-    b.add_new(block.ORIGINAL_TS, "UI", str(ts))
-    b.add_new(block.NONCE, "OB", base)
-    b.add_new(block.CHUNK_SIZE, "UL", chunk_size)
-    b.add_new(block.TAGS, "OB", tags)
+    block.put(b, block.SCHEME, "LO", SCHEME)
+    block.put(b, block.ORIGINAL_TS, "UI", str(ts))
+    block.put(b, block.NONCE, "OB", base)
+    block.put(b, block.CHUNK_SIZE, "UL", chunk_size)
+    block.put(b, block.TAGS, "OB", tags)
     block.write_recipients(b, wrapped)
-    b.add_new(block.CHANGED, "AT", list(changed))
-    b.add_new(block.ORIGINALS, "OB", sealed)
+    block.put(b, block.CHANGED, "AT", list(changed))
+    block.put(b, block.ORIGINALS, "OB", sealed)
     return ids
 
 
