@@ -27,7 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 
-from .walker import new_element
+from .walker import new_dataset, new_element
 
 #: stage option -> CID 7050 keyword in pydicom's DCM codes, in the order written
 OPTION_CODES = (
@@ -64,22 +64,22 @@ def code(keyword: str):
 
 def _item(keyword: str) -> Dataset:
     value, scheme, meaning = _code(keyword)
-    item = Dataset()
+    elements = {}
     for tag, vr, v in ((_CODE_VALUE, "SH", value), (_SCHEME, "SH", scheme), (_MEANING, "LO", meaning)):
         e = new_element(tag, vr, v)
-        item._dict[e.tag] = e  # new elements in a new item: nothing for __setitem__ to do
-    return item
+        elements[e.tag] = e  # new elements in a new item: nothing for __setitem__ to do
+    return new_dataset(elements)
 
 
 def values(ds: Dataset, used: list[str], dates: str) -> list[tuple[str, object]]:
     """The method attributes (:data:`MARKED`, in order) for the options ``used``."""
     keywords = [BASIC] + [kw for option, kw in OPTION_CODES if option in used]
     prior_text = []
-    if _METHOD in ds:
+    if _METHOD in ds._dict:
         value = ds[_METHOD].value
         prior_text = [str(v) for v in (value if isinstance(value, (list, MultiValue)) else [value]) if v]
     texts = [METHOD_TEXT] + [_code(kw)[2] for kw in keywords[1:]]
-    prior = list(ds[_METHOD_CODES].value or []) if _METHOD_CODES in ds else []
+    prior = list(ds[_METHOD_CODES].value or []) if _METHOD_CODES in ds._dict else []
     have = {(i.get("CodeValue"), i.get("CodingSchemeDesignator")) for i in prior}
     items = prior + [_item(kw) for kw in keywords if (_code(kw)[0], "DCM") not in have]
     text = [t for t in prior_text if t not in texts] + texts

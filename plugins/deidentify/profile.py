@@ -19,6 +19,7 @@ then got what it asked for, and no date leaks in full.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from pydicom.datadict import keyword_for_tag
 
@@ -38,7 +39,7 @@ class Profile:
     overlay_comments: str  # 60xx4000
     private: str  # X, or C: keep the configured safe private attributes
 
-    @property
+    @cached_property  # once per profile (it reads every action), not per object
     def cleans(self) -> bool:
         """Whether any action cleans text (so the object's identifiers must be known)."""
         return "C" in (self.curve, self.overlay_data, self.overlay_comments) or "C" in self.actions.values()

@@ -21,6 +21,7 @@ attributes, embed) protect it for the key holder, who gets the header back with
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
 GROUP = 0x0011
@@ -35,7 +36,9 @@ def new_record(ds: Dataset, originals: dict) -> Dataset:
     elements = dict(originals)
     if _CHARSET in ds:
         elements[_CHARSET] = ds[_CHARSET]
-    return Dataset({t if type(t) is BaseTag else Tag(t): e for t, e in sorted(elements.items())})
+    from .walker import new_dataset
+
+    return new_dataset({t if type(t) is BaseTag else Tag(t): e for t, e in sorted(elements.items())})
 
 
 def _block(record: Dataset) -> int:
@@ -80,7 +83,13 @@ def note(record: Dataset, media_uid: str | None, tags: list[int]) -> None:
     if tags:
         tag = base | _ADDED
         prior = list(_as_list(record[tag].value)) if tag in record else []
-        _add(record, tag, "AT", sorted({int(t) for t in prior} | {int(t) for t in tags}))
+        tags = sorted({int(t) for t in prior} | {int(t) for t in tags})
+        # the value as pydicom converts an AT list (BaseTags in a MultiValue), made directly
+        _add(record, tag, "AT", MultiValue(_same, [BaseTag(t) for t in tags]) if len(tags) > 1 else BaseTag(tags[0]))
+
+
+def _same(value):
+    return value
 
 
 def _add(record: Dataset, tag: int, vr: str, value) -> None:

@@ -233,10 +233,10 @@ class Deidentify(Stage):
         """Set ``new`` (a new element: the original, in the record, stays as it was), its
         original into the record, or its tag noted as added."""
         tag = new.tag
-        if tag in ds:
+        if tag in ds._dict:
             if ds[tag] == new:
                 return
-            if tag not in rec:
+            if tag not in rec._dict:
                 rec[tag] = ds[tag]
         else:
             added.append(tag)

@@ -70,7 +70,24 @@ def new_element(tag: int, vr: str, value) -> DataElement:
         else:
             return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
         return DataElement(tag, vr, converted, already_converted=True, validation_mode=_NO_VALIDATION)
+    if isinstance(value, (MultiValue, BaseTag)):  # converted already (a MultiValue of pydicom's, an AT's tag)
+        return DataElement(tag, vr, value, already_converted=True, validation_mode=_NO_VALIDATION)
     return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
+
+
+_EMPTY_DATASET = dict(Dataset().__dict__)
+
+
+def new_dataset(elements: dict) -> Dataset:
+    """``Dataset(elements)`` (``elements``: BaseTag -> element) without its ``__init__``,
+    whose attribute sets go through pydicom's ``__setattr__``: a copy of a new Dataset's
+    attributes, the mutable ones fresh."""
+    ds = Dataset.__new__(Dataset)
+    attributes = ds.__dict__  # set here, not through Dataset.__setattr__
+    attributes.update(_EMPTY_DATASET)
+    attributes.update(_dict=elements, _private_blocks={}, _pixel_id={},
+                      _pixel_array_opts=dict(_EMPTY_DATASET["_pixel_array_opts"]))
+    return ds
 
 
 def tag_text(tag: int) -> str:
@@ -265,9 +282,16 @@ class Run:
             self._explicit_vrs(ds)
         meta = getattr(ds, "file_meta", None)
         if meta is not None and _MEDIA_SOP_INSTANCE_UID in meta and self.actions.get(_MEDIA_SOP_INSTANCE_UID) == "U":
-            original = str(meta[_MEDIA_SOP_INSTANCE_UID].value or "")
+            raw = meta._dict.get(_MEDIA_SOP_INSTANCE_UID)
+            value = getattr(raw, "value", None)
+            if isinstance(raw, RawDataElement) and isinstance(value, bytes) and value.isascii() \
+                    and b"\\" not in value:
+                original = value.decode("ascii").rstrip("\0").strip()  # as pydicom's conversion gives it
+            else:
+                original = str(meta[_MEDIA_SOP_INSTANCE_UID].value or "")
             if original:
-                meta.MediaStorageSOPInstanceUID = self.keyed.uid(original)
+                replaced = new_element(_MEDIA_SOP_INSTANCE_UID, "UI", self.keyed.uid(original))
+                meta._dict[replaced.tag] = replaced  # a UI element of group 0002 (what its __setattr__ checks)
                 return originals, original
         return originals, None
 
