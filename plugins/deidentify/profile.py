@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import DicomDictionary, keyword_for_tag
 
 from . import table
 from .choice import choose
@@ -39,10 +39,29 @@ class Profile:
     overlay_comments: str  # 60xx4000
     private: str  # X, or C: keep the configured safe private attributes
 
+    @cached_property
+    def plain_keep(self) -> frozenset:
+        """Standard attributes (plain ``int`` tags) that no action names at the top level:
+        kept as they are unless a sequence (the walk looks into it) or of unknown VR. Not
+        pixel data, group lengths, curves (50xx) or overlays (60xx): those the walk decides."""
+        return _plain(self.actions)
+
+    @cached_property
+    def plain_keep_nested(self) -> frozenset:
+        """:attr:`plain_keep` inside sequence items."""
+        return _plain(self.nested)
+
     @cached_property  # once per profile (it reads every action), not per object
     def cleans(self) -> bool:
         """Whether any action cleans text (so the object's identifiers must be known)."""
         return "C" in (self.curve, self.overlay_data, self.overlay_comments) or "C" in self.actions.values()
+
+
+def _plain(actions: dict) -> frozenset:
+    return frozenset(
+        t for t in DicomDictionary
+        if t not in actions and not (t >> 16) & 1 and t >> 16 != 0x7FE0 and t & 0xFFFF
+        and not 0x5000 <= t >> 16 <= 0x601E)
 
 
 def resolve(row: table.Row, enabled: set[str], keyword: str | None = None, nested: bool = False) -> str:

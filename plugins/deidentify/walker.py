@@ -254,9 +254,10 @@ class Run:
         their creators and character set beside them) and the file meta's original Media
         Storage SOP Instance UID if the stage replaced it."""
         originals, removed = {}, []
-        kept = self._kept(self.actions)
-        for tag in list(ds._dict):
-            if kept(tag, ds._dict[tag]):
+        plain = self.profile.plain_keep
+        for tag, raw in list(ds._dict.items()):
+            # the common case, inline: a standard attribute no action names, not a sequence
+            if int(tag) in plain and (vr := raw.VR) is not None and vr != "SQ" and vr != "UN" and len(vr) == 2:
                 continue
             out = self.element(ds, tag, 0, NORMAL)
             if out is KEEP:
@@ -314,24 +315,6 @@ class Run:
             element = DataElement(tag, "UN", raw.value)
             element.VR = "UN"  # pydicom's constructor puts the dictionary VR back
             return element
-
-    @staticmethod
-    def _kept(actions: dict):
-        """A quick test for the common case, in NORMAL mode, that :meth:`element` answers
-        KEEP without reading anything: a standard, non-private, non-sequence attribute
-        with an explicit VR and no action in the profile (the others: ``element``)."""
-        get = actions.get
-
-        def kept(tag, raw) -> bool:
-            group = tag >> 16
-            if group & 1 or group == _PIXEL_GROUP or not tag & 0xFFFF or 0x5000 <= group <= 0x601E:
-                return False  # private, pixel data, group length, curves, overlays: element() decides
-            key = int(tag)
-            if get(key) is not None or key not in DicomDictionary:
-                return False
-            vr = raw.VR
-            return vr is not None and vr != "SQ" and vr != "UN" and " or " not in vr
-        return kept
 
     def element(self, ds: Dataset, tag: int, depth: int, mode: int):
         group, number = tag >> 16, tag & 0xFFFF
@@ -469,10 +452,10 @@ class Run:
 
     def item(self, item: Dataset, depth: int, mode: int) -> Dataset | None:
         changes = {}
-        kept = self._kept(self.nested) if mode == NORMAL else None
-        for tag in list(item._dict):
-            if kept is not None and kept(tag, item._dict[tag]):
-                continue
+        plain = self.profile.plain_keep_nested if mode == NORMAL else ()
+        for tag, raw in list(item._dict.items()):
+            if int(tag) in plain and (vr := raw.VR) is not None and vr != "SQ" and vr != "UN" and len(vr) == 2:
+                continue  # as in top_level
             out = self.element(item, tag, depth, mode)
             if out is KEEP:
                 continue
