@@ -69,10 +69,20 @@ def new_element(tag: int, vr: str, value) -> DataElement:
             converted = PersonName(value, validation_mode=_NO_VALIDATION)
         else:
             return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
-        return DataElement(tag, vr, converted, already_converted=True, validation_mode=_NO_VALIDATION)
-    if isinstance(value, (MultiValue, BaseTag)):  # converted already (a MultiValue of pydicom's, an AT's tag)
-        return DataElement(tag, vr, value, already_converted=True, validation_mode=_NO_VALIDATION)
+        return _converted(tag, vr, converted)
+    if isinstance(value, (MultiValue, BaseTag)) and vr != "UN":  # converted already (a MultiValue of pydicom's, an AT's tag)
+        return _converted(tag, vr, value)
     return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
+
+
+def _converted(tag: BaseTag, vr: str, value) -> DataElement:
+    """``DataElement(tag, vr, value, already_converted=True, validation_mode=IGNORE)``
+    for a known VR (not UN: nothing for its constructor to correct), its attributes set
+    directly."""
+    element = DataElement.__new__(DataElement)
+    element.__dict__.update(tag=tag, VR=vr, validation_mode=_NO_VALIDATION, _value=value, file_tell=None,
+                            is_undefined_length=False, private_creator=None)
+    return element
 
 
 _EMPTY_DATASET = dict(Dataset().__dict__)
@@ -253,12 +263,14 @@ class Run:
         removed ones may stay raw, unconverted: the record converts them when read, with
         their creators and character set beside them) and the file meta's original Media
         Storage SOP Instance UID if the stage replaced it."""
-        originals, removed = {}, []
+        originals, removed, implicit = {}, [], []
         plain = self.profile.plain_keep
         for tag, raw in list(ds._dict.items()):
             # the common case, inline: a standard attribute no action names, not a sequence
             if int(tag) in plain and (vr := raw.VR) is not None and vr != "SQ" and vr != "UN" and len(vr) == 2:
                 continue
+            if raw.VR is None and raw.value is not None:
+                implicit.append(tag)
             out = self.element(ds, tag, 0, NORMAL)
             if out is KEEP:
                 continue
@@ -279,8 +291,8 @@ class Run:
                 _put(ds, tag, out)
         for tag in removed:  # after the walk: a private element is read with its creator in place
             del ds[tag]
-        if not ds.original_encoding[0]:
-            self._explicit_vrs(ds)
+        if implicit and not ds.original_encoding[0]:
+            self._explicit_vrs(ds, implicit)
         meta = getattr(ds, "file_meta", None)
         if meta is not None and _MEDIA_SOP_INSTANCE_UID in meta and self.actions.get(_MEDIA_SOP_INSTANCE_UID) == "U":
             raw = meta._dict.get(_MEDIA_SOP_INSTANCE_UID)
@@ -296,10 +308,11 @@ class Run:
                 return originals, original
         return originals, None
 
-    def _explicit_vrs(self, ds: Dataset) -> None:
+    def _explicit_vrs(self, ds: Dataset, tags: list) -> None:
         """Some files mix implicit VR elements into an explicit VR data set: convert those
-        now, while the encoding they were read in still applies, so the object can be written."""
-        for tag in list(ds.keys()):
+        (``tags``, the walk's elements without a VR) still there and unconverted now, while
+        the encoding they were read in still applies, so the object can be written."""
+        for tag in tags:
             raw = ds._dict.get(tag)
             if getattr(raw, "VR", "") is None and getattr(raw, "value", None) is not None:
                 self.convert(ds, tag)
