@@ -24,6 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
+from .walker import new_dataset, new_element
+
 GROUP = 0x0011
 CREATOR = "PACSGUARD DEIDENTIFY 1"
 SCHEME = "PACSGUARD DEIDENTIFY 1"
@@ -36,8 +38,6 @@ def new_record(ds: Dataset, originals: dict) -> Dataset:
     elements = dict(originals)
     if _CHARSET in ds:
         elements[_CHARSET] = ds[_CHARSET]
-    from .walker import new_dataset
-
     return new_dataset({t if type(t) is BaseTag else Tag(t): e for t, e in sorted(elements.items())})
 
 
@@ -63,18 +63,10 @@ def _block(record: Dataset) -> int:
     return base
 
 
-def note_media_uid(record: Dataset, uid: str) -> None:
-    """Keep the file meta's original Media Storage SOP Instance UID (replaced by the stage)."""
-    note(record, uid, [])
-
-
-def note_added(record: Dataset, tags: list[int]) -> None:
-    """Mark ``tags`` as added by the stage (absent from the original)."""
-    note(record, None, tags)
-
-
 def note(record: Dataset, media_uid: str | None, tags: list[int]) -> None:
-    """:func:`note_media_uid` and :func:`note_added` at once (the marker block found once)."""
+    """Note in the marker block the file meta's original Media Storage SOP Instance UID
+    (``media_uid``, when the stage replaced it) and the ``tags`` the stage added (absent
+    from the original: restoring deletes them)."""
     if media_uid is None and not tags:
         return
     base = _block(record)
@@ -96,8 +88,6 @@ def _add(record: Dataset, tag: int, vr: str, value) -> None:
     """``record.add_new`` of an element of the marker block (its creator, in group 0011,
     reserved by :func:`_block`), the value not validated (the stage's own: a creator, a
     UID, tags)."""
-    from .walker import new_element
-
     element = new_element(tag, vr, value)
     if tag & 0xFF00:
         element.private_creator = CREATOR

@@ -21,7 +21,7 @@ from . import burned, method, record
 from .keyed import Keyed, check_template
 from .profile import compile_profile
 from .table import OPTION_COLUMNS
-from .walker import Run, _put as put
+from .walker import Run, put
 
 _SECRET = frozenset({"secret"})
 #: VL Photographic, Video Photographic Image Storage: photographs, possibly of a face

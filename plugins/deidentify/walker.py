@@ -21,6 +21,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.valuerep import VR as VR_
 from pydicom.valuerep import PersonName
 
 from pacsguard.daemon.errors import QuarantineError
@@ -130,6 +131,9 @@ def _strings(value) -> list[str]:
     return [str(value)]
 
 
+#: the VRs of an attribute the profile's plain keep set passes over: every VR but SQ (the
+#: walk looks into it), UN, none and the dictionary's ambiguous ones ("US or SS": resolved by the walk)
+_KEEP_TEST_VRS = frozenset(vr.value for vr in VR_ if " or " not in vr.value) - {"SQ", "UN"}
 _ID_TEXT_VRS = frozenset({None, "UN", "LO", "PN"})  # Patient ID (LO), Patient's Name (PN) read raw
 _SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8}
 
@@ -156,11 +160,11 @@ def _changed_copy(item: Dataset, changes: dict) -> Dataset:
     new._pixel_array_opts = dict(item._pixel_array_opts)
     for tag, out in changes.items():
         if out is not REMOVE:
-            _put(new, tag, out)
+            put(new, tag, out)
     return new
 
 
-def _put(ds: Dataset, tag: BaseTag, new: DataElement) -> None:
+def put(ds: Dataset, tag: BaseTag, new: DataElement) -> None:
     """``ds[tag] = new`` for a replacement of an element of ``ds``: what pydicom's
     ``__setitem__`` adds (private creators, pixel caches, nested sequences' pixel
     representation) concerns only private, pixel and sequence elements, which go through it."""
@@ -267,7 +271,7 @@ class Run:
         plain = self.profile.plain_keep
         for tag, raw in list(ds._dict.items()):
             # the common case, inline: a standard attribute no action names, not a sequence
-            if int(tag) in plain and (vr := raw.VR) is not None and vr != "SQ" and vr != "UN" and len(vr) == 2:
+            if int(tag) in plain and raw.VR in _KEEP_TEST_VRS:
                 continue
             if raw.VR is None and raw.value is not None:
                 implicit.append(tag)
@@ -283,12 +287,12 @@ class Run:
             if _raw_is_safe(raw):  # recorded unconverted (a PN's conversion alone costs more than its change)
                 if not _same_raw(raw, out):
                     originals[tag] = raw
-                    _put(ds, tag, out)
+                    put(ds, tag, out)
                 continue
             original = self._original(ds, tag, out)
             if not _same(original, out):
                 originals[tag] = original
-                _put(ds, tag, out)
+                put(ds, tag, out)
         for tag in removed:  # after the walk: a private element is read with its creator in place
             del ds[tag]
         if implicit and not ds.original_encoding[0]:
@@ -467,7 +471,7 @@ class Run:
         changes = {}
         plain = self.profile.plain_keep_nested if mode == NORMAL else ()
         for tag, raw in list(item._dict.items()):
-            if int(tag) in plain and (vr := raw.VR) is not None and vr != "SQ" and vr != "UN" and len(vr) == 2:
+            if int(tag) in plain and raw.VR in _KEEP_TEST_VRS:
                 continue  # as in top_level
             out = self.element(item, tag, depth, mode)
             if out is KEEP:
