@@ -161,6 +161,11 @@ class _Pass:
     e: np.ndarray
     key: np.ndarray
     valid: np.ndarray  # not padding, not side information or next to it
+    first: int  # how many of the candidates are the first phase's (the start of the order)
+
+    def flat(self, usable: np.ndarray) -> int:
+        """How many of ``usable`` candidates of the first phase have variance 0."""
+        return int(np.count_nonzero(usable[:self.first] & (self.key[:self.first] == 0)))
 
 
 def _pass(ph: dict, shape: tuple, parity: int, rng: Range, near: dict) -> _Pass:
@@ -186,7 +191,7 @@ def _pass(ph: dict, shape: tuple, parity: int, rng: Range, near: dict) -> _Pass:
         pos += n
     pad = rng.padding(u)
     valid = ~excluded if pad is None else ~(excluded | pad)
-    return _Pass(parity, u, pred, u - pred, key, valid)
+    return _Pass(parity, u, pred, u - pred, key, valid, sizes[0])
 
 
 def _variance(a, b, c, d, out: np.ndarray) -> np.ndarray:
@@ -415,6 +420,9 @@ def embed(X0: np.ndarray, payload: bytes, rng: Range, *, min_threshold: int = 1,
         raise ValueError("pixel values outside the stored range")
     L, layout, cross = SIDE_BITS, None, None
     T = None
+    flat = _flat_start(X0, payload_bits, rng, min_threshold, L) if min_threshold <= max_threshold else None
+    if flat is not None:
+        return flat
     while True:
         if layout is None or len(layout.side) != L:
             layout = _Layout(X0, rng, L)
@@ -435,17 +443,162 @@ def embed(X0: np.ndarray, payload: bytes, rng: Range, *, min_threshold: int = 1,
         if len(aux_bits) > L:
             L = len(aux_bits) + 16
             continue
-        X = X0.copy()
-        _merge(ph, X)
-        flat = X.reshape(-1)
-        bits = np.zeros(L, X.dtype)
-        bits[:len(aux_bits)] = aux_bits
-        flat[layout.side] = (flat[layout.side] & ~1) | bits
-        return Embedded(X, T, L)
+        return Embedded(_marked(X0, ph, layout.side, aux_bits, L), T, L)
     tried = {min_threshold, max_threshold} | {t for t in (1, 2, 4, 8, 16, 32, 64) if min_threshold < t < max_threshold}
     available = max(capacity(X0, rng, t, L) for t in tried)
     raise NoCapacity(len(payload_bits) + L, available,
                      f"reversible, thresholds up to {max_threshold}; {L} of the bits needed are side information")
+
+
+def _marked(X0: np.ndarray, ph: dict, side: np.ndarray, aux_bits: np.ndarray, L: int) -> np.ndarray:
+    """``X0`` with the passes' values ``ph`` and the side information's bits."""
+    X = X0.copy()
+    _merge(ph, X)
+    flat = X.reshape(-1)
+    bits = np.zeros(L, X.dtype)
+    bits[:len(aux_bits)] = aux_bits
+    flat[side] = (flat[side] & ~1) | bits
+    return X
+
+
+# -- the flat start: the same result from the first rows alone ------------------------------
+# When a pass's bits all fit candidates of variance 0 (four equal neighbours: CT air and
+# background, a flat field) of its first phase, its prefix is (V = 0, k): the first k
+# eligible flat candidates of that phase, which lie in the first rows of the first plane.
+# Nothing below them changes; the predictions, variances, eligibility and location-map
+# ranks of those rows depend only on the rows down to the next one; and the search's first
+# try (the smallest threshold, half the bits in each pass) is then the one that fits. So
+# the first rows alone give the same marked pixels and side information as the whole
+# planes (tests/plugins/test_stego_pee.py compares the two), and the rows below are never
+# read. (Extraction gains nothing from the same: its two passes, over the rows both
+# prefixes reach, cost about what the whole planes cost; it reads the whole planes.) How many
+# rows: an estimate from the flat neighbourhoods of the first plane (:class:`_Profile`),
+# a pass's own count deciding; a pass the estimate leaves short tries more rows, and where
+# the rows run out the whole planes are used.
+_FLAT_MARGIN = 4  # rows beyond the estimate: eligibility (range ends, side information) is not in it
+_FLAT_TRIES = 3
+
+
+class _Profile:
+    """Per target row of a pass's first phase (row 2i, column 2j + ``co``) of the plane
+    ``P``, the cumulative count of targets with four equal neighbours, an expandable error at
+    threshold ``T`` and no padding value: the estimate of where the flat prefix ends,
+    computed in bands of rows as far down as it is asked for."""
+
+    BAND = 32  # target rows
+
+    def __init__(self, P: np.ndarray, rng: Range, co: int, T: int):
+        self.P, self.rng, self.co, self.T = P, rng, co, T
+        self.total = max(0, (P.shape[0] - 2) // 2)  # target rows 2, 4, ..., rows - 2
+        self.cumulative = np.zeros(0, np.int64)
+
+    def _more(self) -> bool:
+        done = len(self.cumulative)
+        if done >= self.total:
+            return False
+        P, cols, c0 = self.P, self.P.shape[1], 2 - self.co
+        r = slice(2 + 2 * done, 2 + 2 * min(self.total, done + self.BAND), 2)  # this band's target rows
+        rows = lambda d: slice(r.start + d, r.stop + d, 2)  # noqa: E731
+        u, up = P[r, c0:cols - 1:2], P[rows(-1), c0:cols - 1:2]
+        flat = up == P[rows(1), c0:cols - 1:2]
+        flat &= up == P[r, c0 - 1:cols - 2:2]
+        flat &= up == P[r, c0 + 1:cols:2]
+        flat &= _inner(u - up, self.T)
+        pad = self.rng.padding(u)
+        if pad is not None:
+            flat &= ~pad
+        start = int(self.cumulative[-1]) if done else 0
+        self.cumulative = np.concatenate([self.cumulative, start + np.cumsum(np.count_nonzero(flat, axis=1))])
+        return True
+
+    def within(self, H: int) -> int:
+        """The count in the first ``H`` rows (their target rows, so far computed)."""
+        i = min(len(self.cumulative), max(0, (H - 2) // 2)) - 1
+        return int(self.cumulative[i]) if i >= 0 else 0
+
+    def reach(self, count: int) -> int | None:
+        """The rows (even, with the margin) that hold ``count`` by the estimate; None when
+        the plane does not."""
+        while not len(self.cumulative) or self.cumulative[-1] < count:
+            if not self._more():
+                return None
+        i = int(np.searchsorted(self.cumulative, count))
+        H = 2 * i + 4 + _FLAT_MARGIN  # target row 2i + 2 and the row below it
+        return H + H % 2
+
+
+class _FlatPlane:
+    """The first plane with the side information's least significant bits cleared (what
+    the passes read), and its first rows as the passes' phases."""
+
+    def __init__(self, X: np.ndarray, rng: Range, L: int):
+        self.rng, self.dtype = rng, _dtype(rng)
+        self.side = _side_positions(X[0].reshape(-1), rng, L)
+        self.Y = np.array(X[0], dtype=self.dtype, order="C")
+        self.Y.reshape(-1)[self.side] &= ~1
+
+    def part(self, H: int) -> tuple[dict, dict, tuple]:
+        part = self.Y[None, :H]
+        return _split(part, self.dtype), _split(_mask(part.shape, self.side), bool), part.shape
+
+    def put(self, ph: dict, H: int) -> None:
+        _merge(ph, self.Y[None, :H])
+
+    def planes(self, X: np.ndarray, side_bits: np.ndarray) -> np.ndarray:
+        """``X`` with this first plane and ``side_bits`` in the side information's pixels."""
+        out = X.copy()
+        out[0] = self.Y
+        flat = out.reshape(-1)
+        flat[self.side] = (flat[self.side] & ~1) | side_bits
+        return out
+
+
+def _flat_pass(fp: _FlatPlane, parity: int, need: int, T: int) -> tuple | None:
+    """(phases, shape, pass, plan, rows) of the first rows that hold ``need`` flat carriers
+    of the pass at threshold ``T``; None when the rows run out first."""
+    rows = fp.Y.shape[0]
+    profile = _Profile(fp.Y, fp.rng, parity, T)
+    H = profile.reach(need)
+    for _ in range(_FLAT_TRIES):
+        if H is None or H >= rows - 1:
+            return None
+        ph, near, shape = fp.part(H)
+        p = _pass(ph, shape, parity, fp.rng, near)
+        plan = _plan(p, T, fp.rng)
+        found = p.flat(plan.carrier)
+        if found >= need:
+            return ph, shape, p, plan, H
+        H = profile.reach(profile.within(H) + need - found)  # the rest from the rows below
+    return None
+
+
+def _flat_start(X0: np.ndarray, payload_bits: np.ndarray, rng: Range, T: int, L: int) -> Embedded | None:
+    """The embedding at threshold ``T`` with ``L`` side-information pixels, from the first
+    rows alone; None when the first rows do not hold it as a flat start."""
+    n = L + len(payload_bits)
+    n1 = -(-n // 2)
+    fp = _FlatPlane(X0, rng, L)
+    if len(fp.side) < L:
+        return None
+    stream = np.concatenate([_lsb_bits(X0[0], fp.side), payload_bits]).astype(fp.dtype)
+    passes = []
+    for parity, bits in ((0, stream[:n1]), (1, stream[n1:])):
+        got = _flat_pass(fp, parity, len(bits), T)
+        if got is None:
+            return None
+        ph, shape, p, plan, H = got
+        V, k, sel = _select(p.key, plan.eligible, plan.carrier, len(bits))
+        new, packed = _apply(p, plan, sel, bits, T, rng)
+        _write(ph, shape, parity, new)
+        fp.put(ph, H)
+        passes.append((V, k, packed))
+    aux = Aux(T, L, len(payload_bits) // 8, n1, tuple(passes)).encode()
+    aux_bits = np.unpackbits(np.frombuffer(aux, np.uint8))
+    if len(aux_bits) > L:
+        return None  # the full search grows L
+    side_bits = np.zeros(L, X0.dtype)
+    side_bits[:len(aux_bits)] = aux_bits
+    return Embedded(fp.planes(X0, side_bits), T, L)
 
 
 def _try(ph0, shape, cross, T, rng, layout, payload_bits, side_lsb):

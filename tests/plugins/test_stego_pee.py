@@ -206,3 +206,81 @@ def test_ct_small_capacity_and_psnr_at_threshold_1():
     print(f"CT_small T=1: capacity {bpp:.4f} bpp, payload {8 * nbytes / img.planes.size:.4f} bpp, "
           f"PSNR {d['psnr_db']} dB (REFERENCE: 0.052 bpp, 66.6 dB)")
     assert bpp >= 0.04 and d["psnr_db"] >= 60 and d["max_abs_change"] == 1
+
+
+# --- the flat start: the first rows give what the whole planes give ------------------------
+
+
+def _both(X, payload, rng, monkeypatch, **kw):
+    """(the embedding with the flat start, the whole planes' search, whether the flat start
+    made the first); either is None where it refused for lack of room."""
+    flat = pee._flat_start
+    taken = []
+
+    def spy(*args):
+        got = flat(*args)
+        taken.append(got is not None)
+        return got
+
+    results = []
+    for start in (spy, lambda *args: None):
+        monkeypatch.setattr(pee, "_flat_start", start)
+        try:
+            results.append(pee.embed(X, payload, rng, **kw))
+        except pee.NoCapacity:
+            results.append(None)
+    monkeypatch.setattr(pee, "_flat_start", flat)
+    return results[0], results[1], any(taken)
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return np.array_equal(a.planes, b.planes) and (a.threshold, a.side_bits) == (b.threshold, b.side_bits)
+
+
+def test_the_flat_start_gives_what_the_whole_planes_give_on_the_corpus(monkeypatch):
+    taken, compared = set(), 0
+    g = np.random.default_rng(7)
+    for path in bundled_images():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(path)
+                img = image.load(ds, ds.pixel_array)
+            except Exception:  # unsupported or undecodable here: test_stego_stages lists them
+                continue
+        X = img.carrier_planes()
+        for size in (16, 568, 2048):
+            payload = g.bytes(size)
+            a, b, flat = _both(X, payload, img.rng, monkeypatch)
+            assert _same(a, b), (path.name, size)
+            compared += 1
+            if flat:
+                taken.add(path.name)
+                assert pee.extract(a.planes, img.rng)[0] == payload
+    assert compared > 60
+    assert "693_UNCI.dcm" in taken and len(taken) >= 5, taken  # the comparison means something
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(images(), st.data())
+def test_the_flat_start_gives_what_the_whole_planes_give_on_random_images(monkeypatch, img, data):
+    X, rng = img
+    background = data.draw(st.integers(0, 3)) > 0
+    if background:  # a flat background above (sparsely broken, maybe): where the flat start applies
+        X = X.copy()
+        value = data.draw(st.integers(rng.lo, rng.hi))
+        rows = X[:, :data.draw(st.integers(X.shape[1] // 2, X.shape[1]))]
+        rows[...] = value
+        if data.draw(st.booleans()):
+            rows[:, ::7, ::5] = max(rng.lo, value - 1)
+    size = data.draw(st.integers(0, max(1, X.size // (256 if background else 24))))
+    payload = data.draw(st.binary(min_size=size, max_size=size))
+    a, b, flat = _both(X, payload, rng, monkeypatch, max_threshold=data.draw(st.integers(1, 8)))
+    event("flat start" if flat else "whole planes")
+    assert _same(a, b)
+    if a is not None:
+        got, restored, _ = pee.extract(a.planes, rng)
+        assert got == payload and np.array_equal(restored, X)
