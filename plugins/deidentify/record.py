@@ -34,11 +34,17 @@ _CHARSET = 0x00080005
 
 
 def new_record(ds: Dataset, originals: dict) -> Dataset:
-    """The record of ``originals`` (tag -> element, raw or converted) of ``ds``."""
+    """The record of ``originals`` (tag -> element, raw or converted) of ``ds``. Its raw
+    elements are ``ds``'s, so it has ``ds``'s original encoding: written in that encoding,
+    they go out as they were read (not parsed and encoded again)."""
     elements = dict(originals)
     if _CHARSET in ds:
         elements[_CHARSET] = ds[_CHARSET]
-    return new_dataset({t if type(t) is BaseTag else Tag(t): e for t, e in sorted(elements.items())})
+    record = new_dataset({t if type(t) is BaseTag else Tag(t): e for t, e in sorted(elements.items())})
+    implicit, little = ds.original_encoding
+    if implicit is not None:
+        record.set_original_encoding(implicit, little, ds.original_character_set)
+    return record
 
 
 def _block(record: Dataset) -> int:
