@@ -691,18 +691,31 @@ def extract(Xm: np.ndarray, rng: Range) -> tuple[bytes, np.ndarray, int]:
 def distortion(before: np.ndarray, after: np.ndarray, rng: Range) -> dict:
     """Max absolute change and PSNR against the image's own dynamic range (max - min of
     its values, padding aside), not against 2^BitsStored - 1."""
-    diff = (after - before).reshape(-1)  # both in the stored range: no overflow in their type
-    if not diff.size:
+    if not before.size:
         return {"max_abs_change": 0, "psnr_db": None, "dynamic_range": 0, "pixels_changed": 0}
-    content = None if rng.pad_lo is None else ~rng.padding(before)
-    if content is None or content.all():
-        span = int(before.max()) - int(before.min())
-    elif content.any():
-        span = int(before.max(where=content, initial=rng.lo)) - int(before.min(where=content, initial=rng.hi))
-    else:
-        span = 0
-    changed = np.compress(diff != 0, diff).astype(np.int64)  # few: the pixels a carrier changed
-    mse = float(np.dot(changed, changed)) / diff.size
+    span = _content_span(before, rng)
+    at = np.flatnonzero(before != after)  # few: the pixels a carrier changed
+    changed = after.reshape(-1)[at].astype(np.int64) - before.reshape(-1)[at]
+    mse = float(np.dot(changed, changed)) / before.size
     psnr = None if mse == 0 else round(10 * math.log10(max(span, 1) ** 2 / mse), 2)
     return {"max_abs_change": int(np.abs(changed).max()) if changed.size else 0, "psnr_db": psnr,
             "dynamic_range": span, "pixels_changed": int(changed.size)}
+
+
+def _content_span(values: np.ndarray, rng: Range) -> int:
+    """max - min of the values that are not padding (0 when all are): a masked reduction
+    only for an end that is a padding value."""
+    lo, hi = int(values.min()), int(values.max())
+    if rng.pad_lo is None:
+        return hi - lo
+    pad = rng.padding(np.array([lo, hi], values.dtype))
+    if not pad.any():
+        return hi - lo
+    content = ~rng.padding(values)
+    if not content.any():
+        return 0
+    if pad[0]:
+        lo = int(values.min(where=content, initial=rng.hi))
+    if pad[1]:
+        hi = int(values.max(where=content, initial=rng.lo))
+    return hi - lo
