@@ -168,7 +168,7 @@ class _Pass:
         return int(np.count_nonzero(usable[:self.first] & (self.key[:self.first] == 0)))
 
 
-def _pass(ph: dict, shape: tuple, parity: int, rng: Range, near: dict) -> _Pass:
+def _pass(ph: dict, shape: tuple, parity: int, rng: Range, near: dict, clip: bool = True) -> _Pass:
     grids = _grids(shape, parity)
     sizes = [ph[phase][:, I, J].size for phase, (I, J), *_ in grids]
     dtype = ph[(0, 0)].dtype
@@ -187,24 +187,26 @@ def _pass(ph: dict, shape: tuple, parity: int, rng: Range, near: dict) -> _Pass:
         total += c
         total += d
         total >>= 2
-        _variance(a, b, c, d, key[out].reshape(target.shape))
+        _variance(a, b, c, d, key[out].reshape(target.shape), clip)
         pos += n
     pad = rng.padding(u)
     valid = ~excluded if pad is None else ~(excluded | pad)
     return _Pass(parity, u, pred, u - pred, key, valid, sizes[0])
 
 
-def _variance(a, b, c, d, out: np.ndarray) -> np.ndarray:
+def _variance(a, b, c, d, out: np.ndarray, clip: bool = True) -> np.ndarray:
     """16 x the variance of the four neighbours, in int32 (into ``out``): 4 (db^2 + dc^2 +
     dd^2) - (db + dc + dd)^2 with the differences to ``a`` clipped to +-8191 (exact for
     every neighbourhood whose values lie within 8191 of ``a``, which is where the smooth
     pixels are; rougher ones saturate, which only ties them at the end of the order).
-    In place, two scratch arrays: this runs on every candidate of every pass."""
+    In place, two scratch arrays: this runs on every candidate of every pass. ``clip``
+    False where no difference can exceed 8191 (:func:`_clip_needed`): the same result."""
     total = np.empty(out.shape, np.int32)  # db + dc + dd
     dx = np.empty(out.shape, a.dtype)
     for i, x in enumerate((b, c, d)):
         np.subtract(x, a, out=dx)
-        np.clip(dx, -_CLIP, _CLIP, out=dx)
+        if clip:
+            np.clip(dx, -_CLIP, _CLIP, out=dx)
         dx32 = dx if dx.dtype == np.int32 else dx.astype(np.int32)
         if i == 0:
             total[...] = dx32
@@ -217,6 +219,13 @@ def _variance(a, b, c, d, out: np.ndarray) -> np.ndarray:
     total *= total
     out -= total
     return out
+
+
+def _clip_needed(lo: int, hi: int, T: int) -> bool:
+    """Whether a neighbour difference may exceed the variance's clip while values in
+    ``lo..hi`` move by up to ``T`` (either way, for embedding and for extraction) and the
+    side information's pixels lose their least significant bit."""
+    return hi - lo + 2 * T + 1 > _CLIP
 
 
 def _write(ph: dict, shape: tuple, parity: int, values: np.ndarray) -> None:
@@ -396,7 +405,8 @@ class _Layout:
     exclusion mask (those pixels), and the planes the passes work on: ``X`` with their
     least significant bits cleared (what every prediction reads of them)."""
 
-    def __init__(self, X: np.ndarray, rng: Range, L: int):
+    def __init__(self, X: np.ndarray, rng: Range, L: int, clip: bool = True):
+        self.clip = clip
         self.side = _side_positions(X.reshape(-1), rng, L)
         self.near = _split(_mask(X.shape, self.side), bool)
         cleared = X.copy()
@@ -416,20 +426,22 @@ def embed(X0: np.ndarray, payload: bytes, rng: Range, *, min_threshold: int = 1,
     shape = X0.shape
     if shape[1] < MIN_SIZE or shape[2] < MIN_SIZE:
         raise NoCapacity(len(payload_bits), 0, f"the image is smaller than {MIN_SIZE}x{MIN_SIZE} pixels")
-    if X0.size and (int(X0.min()) < rng.lo or int(X0.max()) > rng.hi):
+    lo, hi = (int(X0.min()), int(X0.max())) if X0.size else (rng.lo, rng.lo)
+    if lo < rng.lo or hi > rng.hi:
         raise ValueError("pixel values outside the stored range")
+    clip = _clip_needed(lo, hi, max(min_threshold, max_threshold))
     L, layout, cross = SIDE_BITS, None, None
     T = None
-    flat = _flat_start(X0, payload_bits, rng, min_threshold, L) if min_threshold <= max_threshold else None
+    flat = _flat_start(X0, payload_bits, rng, min_threshold, L, clip) if min_threshold <= max_threshold else None
     if flat is not None:
         return flat
     while True:
         if layout is None or len(layout.side) != L:
-            layout = _Layout(X0, rng, L)
+            layout = _Layout(X0, rng, L, clip)
             if len(layout.side) < L:
                 raise NoCapacity(len(payload_bits) + L, 0, "no room for the side information")
             ph0 = layout.planes
-            cross = _pass(ph0, shape, 0, rng, layout.near)
+            cross = _pass(ph0, shape, 0, rng, layout.near, clip)
             if T is None:
                 T = _estimate_start(cross, len(payload_bits) + L, min_threshold, max_threshold)
         if T > max_threshold:
@@ -531,8 +543,8 @@ class _FlatPlane:
     """The first plane with the side information's least significant bits cleared (what
     the passes read), and its first rows as the passes' phases."""
 
-    def __init__(self, X: np.ndarray, rng: Range, L: int):
-        self.rng, self.dtype = rng, _dtype(rng)
+    def __init__(self, X: np.ndarray, rng: Range, L: int, clip: bool = True):
+        self.rng, self.dtype, self.clip = rng, _dtype(rng), clip
         self.side = _side_positions(X[0].reshape(-1), rng, L)
         self.Y = np.array(X[0], dtype=self.dtype, order="C")
         self.Y.reshape(-1)[self.side] &= ~1
@@ -563,7 +575,7 @@ def _flat_pass(fp: _FlatPlane, parity: int, need: int, T: int) -> tuple | None:
         if H is None or H >= rows - 1:
             return None
         ph, near, shape = fp.part(H)
-        p = _pass(ph, shape, parity, fp.rng, near)
+        p = _pass(ph, shape, parity, fp.rng, near, fp.clip)
         plan = _plan(p, T, fp.rng)
         found = p.flat(plan.carrier)
         if found >= need:
@@ -572,12 +584,13 @@ def _flat_pass(fp: _FlatPlane, parity: int, need: int, T: int) -> tuple | None:
     return None
 
 
-def _flat_start(X0: np.ndarray, payload_bits: np.ndarray, rng: Range, T: int, L: int) -> Embedded | None:
+def _flat_start(X0: np.ndarray, payload_bits: np.ndarray, rng: Range, T: int, L: int, clip: bool = True
+                ) -> Embedded | None:
     """The embedding at threshold ``T`` with ``L`` side-information pixels, from the first
     rows alone; None when the first rows do not hold it as a flat start."""
     n = L + len(payload_bits)
     n1 = -(-n // 2)
-    fp = _FlatPlane(X0, rng, L)
+    fp = _FlatPlane(X0, rng, L, clip)
     if len(fp.side) < L:
         return None
     stream = np.concatenate([_lsb_bits(X0[0], fp.side), payload_bits]).astype(fp.dtype)
@@ -616,7 +629,7 @@ def _try(ph0, shape, cross, T, rng, layout, payload_bits, side_lsb):
         new1, map1 = _apply(cross, plan1, sel1, stream[:n1], T, rng)
         ph = {q: a.copy() for q, a in ph0.items()}
         _write(ph, shape, 0, new1)
-        dot = _pass(ph, shape, 1, rng, layout.near)
+        dot = _pass(ph, shape, 1, rng, layout.near, layout.clip)
         plan2 = _plan(dot, T, rng)
         cap2 = plan2.capacity
         if cap2 >= n - n1:
@@ -666,14 +679,14 @@ def extract(Xm: np.ndarray, rng: Range) -> tuple[bytes, np.ndarray, int]:
     changed). NotEmbedded when they carry nothing, Damaged when they disagree with it."""
     aux = read_side_information(Xm, rng)
     shape = Xm.shape
-    layout = _Layout(Xm, rng, aux.L)
+    layout = _Layout(Xm, rng, aux.L, _clip_needed(int(Xm.min()), int(Xm.max()), aux.T))
     ph = layout.planes
     n = aux.L + 8 * aux.length
     if aux.n1 > n:
         raise Damaged("the side information is inconsistent")
     bits = {}
     for parity, (V, k, packed), count in ((1, aux.passes[1], n - aux.n1), (0, aux.passes[0], aux.n1)):
-        p = _pass(ph, shape, parity, rng, layout.near)
+        p = _pass(ph, shape, parity, rng, layout.near, layout.clip)
         sel = _prefix(p.key, _eligible(p, aux.T, unpack_map(packed, len(p.u)), rng), V, k)
         new, got = _invert(p, aux.T, sel, rng)
         if len(got) != count:
