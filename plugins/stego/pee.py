@@ -497,11 +497,14 @@ class _Profile:
     threshold ``T`` and no padding value: the estimate of where the flat prefix ends,
     computed in bands of rows as far down as it is asked for."""
 
-    BAND = 32  # target rows
+    BAND = 64  # target rows
+    #: how far down it looks: first rows beyond this are too many to gain from (and an image
+    #: without flat regions costs a look at them only)
+    SHARE = 0.75
 
     def __init__(self, P: np.ndarray, rng: Range, co: int, T: int):
         self.P, self.rng, self.co, self.T = P, rng, co, T
-        self.total = max(0, (P.shape[0] - 2) // 2)  # target rows 2, 4, ..., rows - 2
+        self.total = int(self.SHARE * max(0, (P.shape[0] - 2) // 2))  # of target rows 2, 4, ..., rows - 2
         self.cumulative = np.zeros(0, np.int64)
 
     def _more(self) -> bool:
