@@ -20,6 +20,7 @@ attributes, embed) protect it for the key holder, who gets the header back with
 
 from __future__ import annotations
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
@@ -128,14 +129,16 @@ def added(record: Dataset) -> list[int]:
     return [int(t) for t in _as_list(block[_ADDED].value)]
 
 
-def originals(record: Dataset) -> list:
-    """The recorded original elements (the marker block left out)."""
+def originals(record: Dataset, parsed: bool = True) -> list:
+    """The recorded original elements (the marker block left out); with ``parsed`` False
+    as the record holds them: raw (as read) or parsed."""
     block = _marker(record)
     own = set()
     if block is not None:
         own = {t for t in record.keys() if t.group == GROUP and (t.element & 0xFF00) == block.block_start}
         own.add(GROUP << 16 | block.block_start >> 8)
-    return [record[t] for t in record.keys() if t not in own]
+    get = record.__getitem__ if parsed else record.get_item
+    return [get(t) for t in record.keys() if t not in own]
 
 
 def restore(ds: Dataset, record: Dataset) -> None:
@@ -145,7 +148,12 @@ def restore(ds: Dataset, record: Dataset) -> None:
     for tag in added(record):
         if tag in ds:
             del ds[tag]
-    for element in originals(record):
+    # raw elements go back as read where ds was read in the record's encoding and
+    # character set (a later write copies their bytes); else parsed, for ds's encoding
+    as_read = record.original_encoding == ds.original_encoding and record._character_set == ds._character_set
+    for element in originals(record, parsed=False):
+        if isinstance(element, RawDataElement) and not as_read:
+            element = record[element.tag]
         ds[element.tag] = element
     block = _marker(record)
     meta = getattr(ds, "file_meta", None)

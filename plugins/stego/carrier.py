@@ -188,8 +188,7 @@ def open_(header: Header, body: bytes, key: bytes, context: bytes) -> tuple[Data
         encoded = d.decompress(plain[DIGEST_BYTES:], MAX_PAYLOAD)
         if not d.eof or d.unconsumed_tail:
             raise ValueError("payload too large")
-        payload = block.decode(encoded)
-        payload.walk(lambda *_: None)  # every element parsed now
+        payload = block.decode(encoded)  # elements stay raw: restoring copies them as read
     except Exception:  # authenticated, so only a pacsguard bug or a hostile sender gets here
         raise QuarantineError("the carrier authenticated but its payload is not a data set") from None
     return payload, plain[:DIGEST_BYTES]

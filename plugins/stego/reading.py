@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from pacsguard.daemon.errors import QuarantineError
 from pacsguard.plugins.deidentify import record as deid_record
@@ -111,7 +114,7 @@ def restore_header(ds: Dataset, payload: Dataset) -> list[str]:
     the keywords (or tags) restored."""
     if deid_record.is_record(payload):  # a deidentify record: its added attributes go, its marker stays out
         deid_record.restore(ds, payload)
-        restored = deid_record.originals(payload)
+        restored = deid_record.originals(payload, parsed=False)
     else:
         restored = list(payload)
         for elem in payload:
@@ -121,4 +124,10 @@ def restore_header(ds: Dataset, payload: Dataset) -> list[str]:
         for own, mirror in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"), ("SOPClassUID", "MediaStorageSOPClassUID")):
             if own in payload and mirror in meta:
                 setattr(meta, mirror, payload[own].value)
-    return [elem.keyword or str(elem.tag) for elem in restored]
+    return [_name(elem) for elem in restored]
+
+
+def _name(elem) -> str:
+    """An element's keyword, or its tag (private ones); raw or parsed."""
+    keyword = elem.keyword if isinstance(elem, DataElement) else keyword_for_tag(elem.tag)
+    return keyword or str(Tag(elem.tag))
