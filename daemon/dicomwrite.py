@@ -48,6 +48,9 @@ _STRING_PAD = {"UI": b"\0", "CS": b" ", "AE": b" ", "AS": b" ", "UR": b" ",
                "LO": b" ", "SH": b" ", "LT": b" ", "ST": b" ", "UT": b" ", "UC": b" "}
 _NUMBER_FORMAT = {"US": "H", "UL": "L", "SS": "h", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _GROUP_LENGTH = 0x00020000
+#: values this large are written where they lie (a copy of a 512 KiB Pixel Data into the
+#: buffer costs more than a write call)
+_BIG = 1 << 16
 _META_REQUIRED = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013)
 
 
@@ -57,10 +60,16 @@ def write_dataset_fast(fp: DicomIO, ds: Dataset) -> int:
     implicit, little = fp.is_implicit_VR, fp.is_little_endian
     if not little:
         return write_dataset(fp, ds)
-    out = bytearray()
-    _encode(out, ds, implicit, _DEFAULT_ENCODING)
-    fp.write(out)
-    return len(out)
+    out, big = bytearray(), []
+    _encode(out, ds, implicit, _DEFAULT_ENCODING, big)
+    view, start, total = memoryview(out), 0, len(out)
+    for at, value in big:  # the large values go out as they are, not copied into the buffer
+        fp.write(view[start:at])
+        fp.write(value)
+        start, total = at, total + len(value)
+    fp.write(view[start:])
+    view.release()
+    return total
 
 
 def encode_dataset(ds: Dataset, implicit: bool) -> bytes:
@@ -129,7 +138,10 @@ def _as_read(ds: Dataset, implicit: bool) -> bool:
                    for e in ds._dict.values())
 
 
-def _encode(out: bytearray, ds: Dataset, implicit: bool, parent_encoding) -> None:
+def _encode(out: bytearray, ds: Dataset, implicit: bool, parent_encoding, big: list | None = None) -> None:
+    """Append ``ds`` encoded to ``out``. With ``big``, a top-level value of
+    :data:`_BIG` bytes or more (the pixel data) is not appended: (its offset in ``out``,
+    the value) goes into ``big``, for the writer to write in its place."""
     if not _as_read(ds, implicit):
         out += _pydicom(ds, implicit, parent_encoding)  # re-encoding: pydicom's own path
         return
@@ -142,13 +154,13 @@ def _encode(out: bytearray, ds: Dataset, implicit: bool, parent_encoding) -> Non
         if elem.VR == "SQ" and not isinstance(elem, RawDataElement):
             if _sequence(out, tag, elem, implicit, encoding):
                 continue
-        elif _fast_element(out, tag, elem, implicit):
+        elif _fast_element(out, tag, elem, implicit, big):
             continue
         with tag_in_exception(tag):
             out += _element(ds.get_item(tag), implicit, encoding)
 
 
-def _fast_element(out: bytearray, tag: int, elem, implicit: bool) -> bool:
+def _fast_element(out: bytearray, tag: int, elem, implicit: bool, big: list | None = None) -> bool:
     """Append a raw or simple element as pydicom writes it; False to leave it to pydicom."""
     if isinstance(elem, RawDataElement):
         value = elem.value
@@ -177,7 +189,10 @@ def _fast_element(out: bytearray, tag: int, elem, implicit: bool) -> bool:
             return False
     if not _header(out, tag, elem.VR, len(value), implicit):
         return False
-    out += value
+    if big is not None and len(value) >= _BIG:
+        big.append((len(out), value))
+    else:
+        out += value
     return True
 
 

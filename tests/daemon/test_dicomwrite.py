@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 
 from pydicom.filewriter import write_file_meta_info
 
-from pacsguard.daemon.dicomwrite import encode_dataset, write_file_meta_fast
+from pacsguard.daemon.dicomwrite import encode_dataset, write_dataset_fast, write_file_meta_fast
 from tests.conftest import bundled_images
 
 FILES = bundled_images()
@@ -85,6 +85,46 @@ def test_same_bytes_as_pydicom(path):
         ds.walk(lambda *_: None)  # as stages do before changing a mixed-VR file
         _change(ds)
     assert encode_dataset(changed, implicit) == _pydicom_bytes(reference, implicit)
+    assert _written(changed, implicit) == _pydicom_bytes(reference, implicit)
+
+
+class _Writes(DicomBytesIO):
+    """Keeps the objects it was given to write."""
+
+    def __init__(self):
+        super().__init__()
+        self.given, write = [], self.write  # DicomIO binds its buffer's write to the instance
+
+        def keep(b):
+            self.given.append(b)
+            return write(b)
+
+        self.write = keep
+
+
+def _written(ds, implicit: bool, fp=None) -> bytes:
+    """What the file writer writes (its large values, the pixel data, written apart)."""
+    fp = fp or DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = implicit, True
+    n = write_dataset_fast(fp, ds)
+    out = fp.getvalue()
+    assert n == len(out)
+    return out
+
+
+def test_large_values_written_apart_keep_their_place():
+    ds = pydicom.Dataset()
+    ds.set_original_encoding(False, True, ds._character_set)  # as read: the fast path
+    ds.PatientName = "A^B"
+    ds.add_new(0x00091010, "OB", bytes(range(256)) * 512)  # 128 KiB, before the pixel data
+    ds.add_new(0x7FE00010, "OW", b"\x01\x02" * 40000)
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 70000)  # Data Set Trailing Padding, after it
+    reference = pydicom.Dataset()
+    reference.update(ds)
+    fp = _Writes()
+    assert _written(ds, False, fp) == _pydicom_bytes(reference, False) == encode_dataset(ds, False)
+    large = [ds[t].value for t in (0x00091010, 0x7FE00010, 0xFFFCFFFC)]
+    assert [b for b in fp.given if any(b is v for v in large)] == large  # written as they are, in order
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
