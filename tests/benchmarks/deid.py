@@ -295,11 +295,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
+    from pacsguard.daemon.memory import tune_allocator
+
+    tuned = tune_allocator()  # as the service's worker runs (daemon/memory.py); the peers run under it too
     tool_list = tools()
 
     images = corpus()
     times, quarantined, failed, n, per_image = time_images(tool_list, images, args.repeat)
-    print(f"Machine: {_machine()}")
+    print(f"Machine: {_machine()}; allocator {'tuned as the service runs' if tuned else 'NOT tuned'}")
     print(f"Corpus: {len(images)} bundled images, {n} timed; {len(quarantined)} quarantined by pacsguard "
           f"(burned-in identity likely) and left out for all tools. Parse and write not included.\n")
     print("| tool | images | median ms/image | p90 ms/image |")

@@ -359,7 +359,10 @@ def main(argv=None) -> int:
     # the stages log an "embedded" line per object: only the table goes to stdout
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     warnings.simplefilter("ignore")  # pydicom's notes on the bundled files' quirks
-    cpu = _pin_one_core()
+    from pacsguard.daemon.memory import tune_allocator
+
+    tuned = tune_allocator()  # as the service's worker runs (daemon/memory.py)
+    cpu = _pin_one_core() + ("" if tuned else ", allocator NOT tuned")
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-stego-") as tmp:
         tmp = Path(tmp)
         times = [timing(_bundled(TIMED_IMAGE), args.repeat, tmp), timing(_generated_ct(tmp), args.repeat, tmp)]
