@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO, DicomIO
 from pydicom.filewriter import write_data_element, write_dataset
@@ -84,7 +84,8 @@ def write_file_meta_fast(fp: DicomIO, meta: Dataset) -> None:
     from pydicom.dataset import validate_file_meta
     from pydicom.filewriter import write_file_meta_info
 
-    validate_file_meta(meta, enforce_standard=True)  # adds what pydicom adds, refuses what it refuses
+    if not _meta_complete(meta):
+        validate_file_meta(meta, enforce_standard=True)  # adds what pydicom adds, refuses what it refuses
     if any(tag not in meta for tag in _META_REQUIRED) or meta.original_character_set != meta._character_set:
         write_file_meta_info(fp, meta, enforce_standard=True)
         return
@@ -94,8 +95,56 @@ def write_file_meta_fast(fp: DicomIO, meta: Dataset) -> None:
         if tag != _GROUP_LENGTH and not _fast_element(body, tag, elements[tag], False):
             with tag_in_exception(tag):
                 body += _element(meta.get_item(tag), False, _DEFAULT_ENCODING)
-    meta.FileMetaInformationGroupLength = len(body)
+    length = DataElement(_GROUP_LENGTH, "UL", len(body))
+    meta._dict[length.tag] = length  # meta.FileMetaInformationGroupLength = len(body), without its lookups
     fp.write(_EXPLICIT_SHORT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<L", len(body)) + body)
+
+
+#: what ``validate_file_meta(enforce_standard=True)`` wants present and not empty (it adds
+#: the first two, and Implementation Version Name, when they are not)
+_META_NOT_EMPTY = (0x00020001, 0x00020012, 0x00020002, 0x00020003, 0x00020010)
+_IMPLEMENTATION_VERSION_NAME = 0x00020013
+
+
+def uid_text(elem) -> str | None:
+    """The value of a raw single-valued UI element as pydicom's conversion gives it (its
+    padding and surrounding whitespace stripped), where converting it would not change
+    the bytes written (ASCII, padded with one NUL to even length at most): comparing
+    this is comparing the converted values, without the conversion's validation. None
+    for anything else (then convert)."""
+    if not isinstance(elem, RawDataElement) or elem.VR != "UI":
+        return None
+    value = elem.value
+    if not isinstance(value, bytes) or not value.isascii() or b"\\" in value:
+        return None
+    text = value.decode("ascii").rstrip("\0 ").strip()
+    if value != text.encode("ascii") + b"\0" * (len(text) % 2):
+        return None
+    return text
+
+
+def _meta_complete(meta: Dataset) -> bool:
+    """Whether ``validate_file_meta(meta, enforce_standard=True)`` would neither add nor
+    refuse anything: group 0002 alone, the elements it wants there with a value (looked at
+    unconverted: converting validates each value). False sends it to pydicom's check."""
+    elements = meta._dict
+    if any(tag >> 16 != 0x0002 for tag in elements) or _IMPLEMENTATION_VERSION_NAME not in elements:
+        return False
+    for tag in _META_NOT_EMPTY:
+        elem = elements.get(tag)
+        if elem is None:
+            return False
+        if isinstance(elem, RawDataElement):
+            # converting it would not change what is written: the version's bytes (OB), a
+            # UID in its canonical form
+            if tag == 0x00020001:
+                if elem.VR != "OB" or not isinstance(elem.value, bytes) or not elem.value:
+                    return False
+            elif not uid_text(elem):
+                return False
+        elif elem.is_empty:
+            return False
+    return True
 
 
 def _pydicom(ds: Dataset, implicit: bool, parent_encoding) -> bytes:

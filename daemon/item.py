@@ -306,7 +306,10 @@ def _save(ds: Dataset, fh) -> None:
 
     from .dicomwrite import write_dataset_fast, write_file_meta_fast
 
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):  # as dcmwrite: the meta follows the data set
+    for keyword, tag, meta_tag in _MEDIA_UIDS:  # as dcmwrite: the meta follows the data set
+        text = _uid_text(ds, tag)
+        if text is not None and text == _uid_text(meta, meta_tag):
+            continue  # the same already (compared unconverted: a UID's conversion validates it)
         value = ds.get(keyword)
         if value and meta.get(f"MediaStorage{keyword}") != value:
             setattr(meta, f"MediaStorage{keyword}", value)
@@ -317,6 +320,21 @@ def _save(ds: Dataset, fh) -> None:
     write_file_meta_fast(out, meta)
     out.is_implicit_VR, out.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
     write_dataset_fast(out, ds)
+
+
+_MEDIA_UIDS = (("SOPClassUID", 0x00080016, 0x00020002), ("SOPInstanceUID", 0x00080018, 0x00020003))
+
+
+def _uid_text(ds: Dataset, tag: int) -> str | None:
+    """A single-valued UID's value, unconverted where converting would not change it
+    (:func:`.dicomwrite.uid_text`), or as converted already; None otherwise."""
+    from .dicomwrite import uid_text
+
+    elem = ds._dict.get(tag)
+    if isinstance(elem, RawDataElement):
+        return uid_text(elem)
+    value = getattr(elem, "value", None)
+    return value if isinstance(value, str) else None
 
 
 def _durably(dest: Path, fill, sync: bool = True) -> int:

@@ -160,3 +160,25 @@ def test_load_pixel_data_refuses_a_file_cut_inside_its_pixel_data(tmp_path):
 
     with pytest.raises(QuarantineError, match="ends inside its pixel data"):
         item.load_pixel_data()
+
+
+@pytest.mark.parametrize("instance", [b"1.2.3.4 ", b" 1.2.3.4", b"1.2.3.4\0\0", b"1.2.3.44", b"1.2.3.5\0", b"1.2.3.4\0"])
+def test_the_sop_uids_in_the_meta_follow_the_data_set_as_pydicom_writes_them(tmp_path, instance):
+    """Compared unconverted where converting changes nothing; converted (as pydicom's
+    writer does) where their padding would change."""
+    ds = pydicom.dcmread(write_ct_series(tmp_path / "ct", 1, size=16)[0])  # written as read (not re-encoded)
+    ds.SOPInstanceUID = "1.2.3.4"  # the meta's too, when saved
+    src = tmp_path / "in.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    data = src.read_bytes()
+    old = ds.SOPInstanceUID.encode() + b"\0" * (len(ds.SOPInstanceUID) % 2)
+    at = data.index(b"\x08\x00\x18\x00UI")
+    head = b"\x08\x00\x18\x00UI" + len(old).to_bytes(2, "little") + old
+    assert data[at:at + len(head)] == head
+    src.write_bytes(data[:at] + b"\x08\x00\x18\x00UI" + len(instance).to_bytes(2, "little") + instance
+                    + data[at + len(head):])
+    assert pydicom.dcmread(src).file_meta.get_item(0x00020003).value == b"1.2.3.4\0"
+    item = Item(1, src, FACTS)
+    _institution(item.dataset)
+    item.write(tmp_path / "out.dcm")
+    assert (tmp_path / "out.dcm").read_bytes() == pydicom_writes(src, _institution)
