@@ -91,7 +91,7 @@ def write_file_meta_fast(fp: DicomIO, meta: Dataset) -> None:
         return
     body = bytearray()
     elements = meta._dict
-    for tag in sorted(elements):
+    for tag in sorted(elements, key=int):  # ints compare in C; a BaseTag in Python
         if tag != _GROUP_LENGTH and not _fast_element(body, tag, elements[tag], False):
             with tag_in_exception(tag):
                 body += _element(meta.get_item(tag), False, _DEFAULT_ENCODING)
@@ -196,7 +196,7 @@ def _encode(out: bytearray, ds: Dataset, implicit: bool, parent_encoding, big: l
         return
     encoding = ds.get("SpecificCharacterSet", parent_encoding)
     elements = ds._dict
-    for tag in sorted(elements):
+    for tag in sorted(elements, key=int):  # ints compare in C; a BaseTag in Python
         if not tag & 0xFFFF and tag >> 16 > 6:
             continue  # retired group lengths are not written (PS3.5 7.2)
         elem = elements[tag]

@@ -34,6 +34,10 @@ _SCHEME, _ADDED, _MEDIA_UID = 0x01, 0x10, 0x11
 _CHARSET = 0x00080005
 
 
+def _first_int(pair) -> int:
+    return int(pair[0])  # a BaseTag compares in Python, an int in C
+
+
 def new_record(ds: Dataset, originals: dict) -> Dataset:
     """The record of ``originals`` (tag -> element, raw or converted) of ``ds``. Its raw
     elements are ``ds``'s, so it has ``ds``'s original encoding: written in that encoding,
@@ -41,7 +45,7 @@ def new_record(ds: Dataset, originals: dict) -> Dataset:
     elements = dict(originals)
     if _CHARSET in ds:
         elements[_CHARSET] = ds[_CHARSET]
-    record = new_dataset({t if type(t) is BaseTag else Tag(t): e for t, e in sorted(elements.items())})
+    record = new_dataset({t if type(t) is BaseTag else Tag(t): e for t, e in sorted(elements.items(), key=_first_int)})
     implicit, little = ds.original_encoding
     if implicit is not None:
         record.set_original_encoding(implicit, little, ds.original_character_set)

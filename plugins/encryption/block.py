@@ -31,6 +31,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, PrivateBlock
 from pydicom.filereader import read_dataset
 
+from pacsguard.daemon import rawvalues
 from pacsguard.daemon.dicomwrite import encode_dataset
 from pacsguard.daemon.errors import QuarantineError
 
@@ -73,9 +74,14 @@ def find(ds: Dataset):
     """The block in ``ds``, or None (as ``ds.private_block(GROUP, CREATOR)``, without its
     sorted slice of the data set: only group 0011's creator elements are read)."""
     for tag in list(ds._dict):
-        if tag >> 16 == GROUP and 0x10 <= tag & 0xFFFF <= 0xFF and ds[tag].value == CREATOR:
+        if tag >> 16 == GROUP and 0x10 <= tag & 0xFFFF <= 0xFF and _creator(ds, tag) == CREATOR:
             return _block(ds, tag & 0xFF)
     return None
+
+
+def _creator(ds: Dataset, tag: int):
+    v = rawvalues.value(ds, tag, "LO")
+    return ds[tag].value if v is rawvalues.CONVERT else v
 
 
 def create(ds: Dataset):
@@ -105,9 +111,11 @@ def remove(ds: Dataset) -> None:
 
 
 def value(block, offset: int, what: str):
-    """An element's value; QuarantineError naming it when it is missing."""
+    """An element's value (read from its raw bytes where :mod:`rawvalues` can: lists for
+    several values); QuarantineError naming it when it is missing."""
     try:
-        return block[offset].value
+        v = rawvalues.value(block.dataset, block.get_tag(offset), _ENTRIES[offset][0])
+        return block[offset].value if v is rawvalues.CONVERT else v
     except KeyError:
         raise QuarantineError(f"the PACSGUARD private block is damaged: no {what} ({_tag(block, offset)})") from None
 

@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from pacsguard.daemon import rawvalues
 from pacsguard.daemon.errors import QuarantineError
 
 from . import aead, block
@@ -68,10 +69,17 @@ _BITS_ALLOCATED, _BITS_STORED, _PIXEL_REPRESENTATION = 0x00280100, 0x00280101, 0
 _MISSING = object()
 
 
+#: the VRs of the context's elements read from their raw bytes where :mod:`rawvalues` can
+_VRS = {_SOP_INSTANCE: "UI", _ROWS: "US", _COLUMNS: "US", _SAMPLES: "US", _BITS_ALLOCATED: "US",
+        _BITS_STORED: "US", _PIXEL_REPRESENTATION: "US"}
+
+
 def _get(ds: Dataset, tag: int, default=_MISSING):
     """``ds.get(keyword, default)`` by tag (no keyword lookup); KeyError without a default."""
     if tag in ds._dict:
-        return ds[tag].value
+        vr = _VRS.get(tag)
+        v = rawvalues.value(ds, tag, vr) if vr else rawvalues.CONVERT
+        return ds[tag].value if v is rawvalues.CONVERT else v
     if default is _MISSING:
         raise KeyError(tag)
     return default
