@@ -27,7 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 
-from .walker import new_dataset, new_element
+from pacsguard.daemon.elements import new_dataset, new_element
 
 #: stage option -> CID 7050 keyword in pydicom's DCM codes, in the order written
 OPTION_CODES = (

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
-from .walker import new_dataset, new_element
+from pacsguard.daemon.elements import new_dataset, new_element
 
 GROUP = 0x0011
 CREATOR = "PACSGUARD DEIDENTIFY 1"

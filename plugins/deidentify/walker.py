@@ -13,17 +13,15 @@ attribute's tag, never its value.
 
 from __future__ import annotations
 
-from pydicom import config as _pydicom_config
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag, repeater_has_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
 from pydicom.valuerep import VR as VR_
-from pydicom.valuerep import PersonName
 
+from pacsguard.daemon.elements import new_element
 from pacsguard.daemon.errors import QuarantineError
 
 from . import values
@@ -45,60 +43,6 @@ IDENTIFYING = (
     "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "IssuerOfPatientID",
 )
 _IDENTIFYING_TAGS = tuple(tag_for_keyword(k) for k in IDENTIFYING)
-
-
-_NO_VALIDATION = _pydicom_config.IGNORE
-
-
-#: VRs whose single string value pydicom keeps as the str itself (DA, DT, TM too unless
-#: ``config.datetime_conversion``)
-_PLAIN_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
-_DATETIME_VRS = frozenset({"DA", "DT", "TM"})
-
-
-def new_element(tag: int, vr: str, value) -> DataElement:
-    """A replacement element: its value of the type pydicom's conversion gives (UID,
-    PersonName, MultiValue, ...), not validated (the stage's own values: keyed UIDs,
-    dummies, empties, masked text of the original's length)."""
-    tag = tag if type(tag) is BaseTag else BaseTag(tag)
-    if type(value) is str and "\\" not in value:  # a single value, converted here (pydicom's rules)
-        if vr in _PLAIN_VRS or vr in _DATETIME_VRS and not _pydicom_config.datetime_conversion:
-            converted = value
-        elif vr == "UI":
-            converted = UID(value, _NO_VALIDATION)
-        elif vr == "PN":
-            converted = PersonName(value, validation_mode=_NO_VALIDATION)
-        else:
-            return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
-        return _converted(tag, vr, converted)
-    if isinstance(value, (MultiValue, BaseTag)) and vr != "UN":  # converted already (a MultiValue of pydicom's, an AT's tag)
-        return _converted(tag, vr, value)
-    return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
-
-
-def _converted(tag: BaseTag, vr: str, value) -> DataElement:
-    """``DataElement(tag, vr, value, already_converted=True, validation_mode=IGNORE)``
-    for a known VR (not UN: nothing for its constructor to correct), its attributes set
-    directly."""
-    element = DataElement.__new__(DataElement)
-    element.__dict__.update(tag=tag, VR=vr, validation_mode=_NO_VALIDATION, _value=value, file_tell=None,
-                            is_undefined_length=False, private_creator=None)
-    return element
-
-
-_EMPTY_DATASET = dict(Dataset().__dict__)
-
-
-def new_dataset(elements: dict) -> Dataset:
-    """``Dataset(elements)`` (``elements``: BaseTag -> element) without its ``__init__``,
-    whose attribute sets go through pydicom's ``__setattr__``: a copy of a new Dataset's
-    attributes, the mutable ones fresh."""
-    ds = Dataset.__new__(Dataset)
-    attributes = ds.__dict__  # set here, not through Dataset.__setattr__
-    attributes.update(_EMPTY_DATASET)
-    attributes.update(_dict=elements, _private_blocks={}, _pixel_id={},
-                      _pixel_array_opts=dict(_EMPTY_DATASET["_pixel_array_opts"]))
-    return ds
 
 
 def tag_text(tag: int) -> str:

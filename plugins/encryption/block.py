@@ -25,14 +25,13 @@ from __future__ import annotations
 
 from io import BytesIO
 
-from pydicom import config
 from pydicom.datadict import add_private_dict_entries
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, PrivateBlock
 from pydicom.filereader import read_dataset
 
 from pacsguard.daemon import rawvalues
 from pacsguard.daemon.dicomwrite import encode_dataset
+from pacsguard.daemon.elements import new_element
 from pacsguard.daemon.errors import QuarantineError
 
 from .envelope import Wrapped
@@ -90,7 +89,8 @@ def create(ds: Dataset):
     if found is not None:
         return found
     free = next(el for el in range(0x10, 0x100) if (GROUP << 16 | el) not in ds._dict)
-    ds.add_new(GROUP << 16 | free, "LO", CREATOR)
+    creator = new_element(GROUP << 16 | free, "LO", CREATOR)
+    ds._dict[creator.tag] = creator  # ds.add_new(...): a creator element is itself no private element
     return _block(ds, free)
 
 
@@ -146,7 +146,7 @@ def put(block: PrivateBlock, offset: int, vr: str, value) -> None:
     IDs, lengths, sealed bytes): not validated by pydicom, and put into the data set
     directly (the creator is known: no search of the data set for it)."""
     tag = block.get_tag(offset)
-    element = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    element = new_element(tag, vr, value)
     element.private_creator = CREATOR
     block.dataset._dict[tag] = element
 

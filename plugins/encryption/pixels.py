@@ -31,6 +31,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from pacsguard.daemon import rawvalues
+from pacsguard.daemon.elements import new_dataset, new_element
 from pacsguard.daemon.errors import QuarantineError
 
 from . import aead, block
@@ -58,7 +59,12 @@ def is_encrypted(ds: Dataset) -> bool:
 
 
 def transfer_syntax(ds: Dataset) -> UID:
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    meta = getattr(ds, "file_meta", None)
+    ts = None
+    if meta is not None and _TRANSFER_SYNTAX in meta._dict:
+        ts = rawvalues.value(meta, _TRANSFER_SYNTAX, "UI")
+        if ts is rawvalues.CONVERT:
+            ts = meta.TransferSyntaxUID
     if not ts:
         raise QuarantineError("no Transfer Syntax UID in the file meta information")
     return UID(ts)
@@ -67,6 +73,7 @@ def transfer_syntax(ds: Dataset) -> UID:
 _SOP_INSTANCE, _ROWS, _COLUMNS, _SAMPLES, _FRAMES = 0x00080018, 0x00280010, 0x00280011, 0x00280002, 0x00280008
 _BITS_ALLOCATED, _BITS_STORED, _PIXEL_REPRESENTATION = 0x00280100, 0x00280101, 0x00280103
 _MISSING = object()
+_DERIVATION_DESCRIPTION, _IMAGE_COMMENTS, _TRANSFER_SYNTAX = 0x00082111, 0x00204000, 0x00020010
 
 
 #: the VRs of the context's elements read from their raw bytes where :mod:`rawvalues` can
@@ -158,7 +165,7 @@ def encrypt(ds: Dataset, recipients, decode, chunk_size: int = aead.DEFAULT_CHUN
     cipher, tags = aead.seal(data_key, base, plain, context, chunk_size)
 
     changed = list(MARKING)
-    originals = Dataset()
+    originals = new_dataset()
     for t in changed:
         if t in ds:
             originals[t] = copy.deepcopy(ds[t])
@@ -196,8 +203,11 @@ def encrypt(ds: Dataset, recipients, decode, chunk_size: int = aead.DEFAULT_CHUN
 
 
 def _mark(ds: Dataset, ids: list[str]) -> None:
-    ds.DerivationDescription = f"{MARK} pixels (AES-256-GCM) for key IDs {', '.join(ids)}"[:1024]
-    ds.ImageComments = f"{MARK}: the pixel data is AES-256-GCM ciphertext; pacsguard decrypt restores it"
+    for element in (new_element(_DERIVATION_DESCRIPTION, "ST",
+                                f"{MARK} pixels (AES-256-GCM) for key IDs {', '.join(ids)}"[:1024]),
+                    new_element(_IMAGE_COMMENTS, "LT",
+                                f"{MARK}: the pixel data is AES-256-GCM ciphertext; pacsguard decrypt restores it")):
+        ds._dict[element.tag] = element  # ds.DerivationDescription = ...: standard, ASCII, valid
 
 
 def decrypt(ds: Dataset, keys, transfer_syntax: str = "native") -> str:
