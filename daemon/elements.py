@@ -13,6 +13,7 @@ from pydicom import config as _pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import PersonName
@@ -24,7 +25,7 @@ _NO_VALIDATION = _pydicom_config.IGNORE
 _PLAIN_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "SH", "ST", "UC", "UR", "UT"})
 _DATETIME_VRS = frozenset({"DA", "DT", "TM"})
 #: VRs whose value pydicom keeps as given: bytes (not UN: its constructor may give it the
-#: dictionary VR), and binary integers
+#: dictionary VR), and binary integers (and a Sequence, for SQ)
 _BYTE_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV"})
 _INT_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV"})
 
@@ -45,7 +46,7 @@ def new_element(tag: int, vr: str, value) -> DataElement:
         else:
             return DataElement(tag, vr, value, validation_mode=_NO_VALIDATION)
         return converted(tag, vr, value_)
-    if (kind is bytes and vr in _BYTE_VRS) or (kind is int and vr in _INT_VRS):
+    if (kind is bytes and vr in _BYTE_VRS) or (kind is int and vr in _INT_VRS) or (vr == "SQ" and kind is Sequence):
         return converted(tag, vr, value)
     if kind is list and len(value) > 1:  # several values: the MultiValue pydicom makes of them
         if vr in _PLAIN_VRS and all(type(v) is str and "\\" not in v for v in value):

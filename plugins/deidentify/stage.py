@@ -9,8 +9,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
+from pacsguard.daemon import rawvalues
 from pacsguard.daemon.config import MatchOps, MatchValue  # noqa: F401 (MatchOps: MatchValue refers to it)
 from pacsguard.daemon.errors import QuarantineError
 from pacsguard.daemon.extension import Options, Stage
@@ -233,11 +235,17 @@ class Deidentify(Stage):
         """Set ``new`` (a new element: the original, in the record, stays as it was), its
         original into the record, or its tag noted as added."""
         tag = new.tag
-        if tag in ds._dict:
-            if ds[tag] == new:
-                return
+        old = ds._dict.get(tag)
+        if old is not None:
+            value = rawvalues.of_raw(old, new.VR) if type(old) is RawDataElement else rawvalues.CONVERT
+            if value is rawvalues.CONVERT:
+                if ds[tag] == new:
+                    return
+                old = ds[tag]
+            elif value == new.value:
+                return  # the same already (compared unconverted)
             if tag not in rec._dict:
-                rec[tag] = ds[tag]
+                rec[tag] = old  # the original as it is (raw: the record converts it when read)
         else:
             added.append(tag)
         put(ds, tag, new)

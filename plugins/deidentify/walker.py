@@ -112,7 +112,12 @@ def put(ds: Dataset, tag: BaseTag, new: DataElement) -> None:
     """``ds[tag] = new`` for a replacement of an element of ``ds``: what pydicom's
     ``__setitem__`` adds (private creators, pixel caches, nested sequences' pixel
     representation) concerns only private, pixel and sequence elements, which go through it."""
-    if new.VR == "SQ" or tag >> 16 & 1 or tag >> 16 == _PIXEL_GROUP:
+    if tag >> 16 & 1 or tag >> 16 == _PIXEL_GROUP:
+        ds[tag] = new
+    elif new.VR == "SQ" and isinstance(new.value, Sequence):
+        ds._dict[tag] = new
+        ds._set_pixel_representation(new)  # what __setitem__ adds for a standard sequence
+    elif new.VR == "SQ":
         ds[tag] = new
     else:
         ds._dict[tag] = new
